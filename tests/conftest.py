@@ -1,0 +1,71 @@
+"""Shared fixtures.
+
+Caches are redirected to a temporary folder *before* anything imports `datasets` or
+`transformers`, so tests never touch the user's caches or try the network.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_CACHE = Path(tempfile.mkdtemp(prefix="spine-test-cache-"))
+for _var, _sub in [
+    ("HF_HOME", "hf"),
+    ("HF_DATASETS_CACHE", "hf/datasets"),
+    ("TRANSFORMERS_CACHE", "hf/transformers"),
+    ("TIKTOKEN_CACHE_DIR", "tiktoken"),
+    ("SPINE_CACHE_DIR", "spine"),
+    ("MPLCONFIGDIR", "mpl"),
+]:
+    os.environ.setdefault(_var, str(_CACHE / _sub))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_shared_data() -> Path | None:
+    env = os.environ.get("SPINE_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` (or $SPINE_SHARED_DATA); skips with a reason when it is absent."""
+    path = _find_shared_data()
+    if path is None:
+        pytest.skip("../shared/data not found beside the checkout (set SPINE_SHARED_DATA to point at it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab_dir(shared_data: Path) -> Path:
+    d = shared_data / "gpt2-bpe"
+    if not (d / "encoder.json").is_file() or not (d / "vocab.bpe").is_file():
+        pytest.skip(f"GPT-2 BPE files missing under {d}")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
