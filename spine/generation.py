@@ -1,0 +1,305 @@
+"""Decoding and scoring on a `GPT`: the primitives that sampling, best-of-N, GRPO and distillation reuse.
+
+`generate` takes token-id prompts of different lengths, left-pads them into one batch, prefills a
+static KV cache and decodes one column at a time. Per-token log-probabilities are those of the
+*model's* distribution (log-softmax of raw logits, before temperature/top-k/top-p), so they equal a
+full forward pass over the finished sequence and can be used directly as policy log-probs.
+
+Context policy: when prompt + max_new_tokens exceeds the model's context, `on_overflow="error"`
+(default) raises and says by how much; `"truncate"` keeps the *last* tokens of each prompt so that
+prompt + max_new_tokens fits (the start of a long prompt is dropped, as chat UIs do).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .model import GPT
+
+Prompts = Sequence[Sequence[int]] | torch.Tensor
+
+
+@dataclass
+class GenerationOutput:
+    """Result of `generate`, one entry per prompt row, in input order.
+
+    tokens: generated ids (the stop token, when one ended the row, is included as the last id).
+    logprobs: model log-prob of each generated id.
+    finish_reasons: "stop" (a stop/eos token was generated) or "length" (max_new_tokens reached).
+    """
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    finish_reasons: list[str]
+    prompt_tokens: list[list[int]] = field(default_factory=list)
+    stop_ids: list[set[int]] = field(default_factory=list)
+
+    def texts(self, tokenizer, *, strip_stop: bool = True) -> list[str]:
+        """Decode each row, dropping the final stop token unless `strip_stop=False`."""
+        out = []
+        for toks, reason, stops in zip(self.tokens, self.finish_reasons, self.stop_ids or [set()] * len(self.tokens)):
+            if strip_stop and reason == "stop" and toks and toks[-1] in stops:
+                toks = toks[:-1]
+            out.append(tokenizer.decode(toks))
+        return out
+
+    @property
+    def num_generated(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+
+def _as_lists(prompts: Prompts) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() == 1:
+            prompts = prompts[None]
+        return [row.tolist() for row in prompts]
+    if len(prompts) > 0 and isinstance(prompts[0], int):
+        raise TypeError("prompts must be a list of token-id lists (a batch); wrap a single prompt as [ids]")
+    return [list(map(int, p)) for p in prompts]
+
+
+def _check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
+    if not prompts:
+        raise ValueError("generate: no prompts given")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty; give at least one token (e.g. the BOS/EOS id)")
+        bad = [t for t in p if t < 0 or t >= vocab_size]
+        if bad:
+            raise ValueError(f"generate: prompt {i} has token id(s) {bad[:5]} outside the model's vocab [0, {vocab_size})")
+
+
+def _fit_context(prompts, max_new_tokens, ctx, on_overflow):
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens <= ctx:
+        return prompts
+    if on_overflow == "truncate":
+        keep = ctx - max_new_tokens
+        if keep < 1:
+            raise ValueError(f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                             f"context_length={ctx}")
+        return [p[-keep:] for p in prompts]
+    raise ValueError(
+        f"generate: longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
+        f"{longest + max_new_tokens} exceeds the model's context_length ({ctx}); shorten the prompt, "
+        "lower max_new_tokens, or pass on_overflow='truncate' to keep the last tokens of each prompt"
+    )
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one id per row from logits (B, V): greedy at temperature 0, else filtered sampling."""
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass *before* it already reaches top_p (the top token always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    prompts: Prompts,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_id: int | None = None,
+    stop_tokens: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    pad_id: int = 0,
+    on_overflow: Literal["error", "truncate"] = "error",
+    use_cache: bool = True,
+    decode_step=None,
+) -> GenerationOutput:
+    """Generate continuations for a batch of token-id prompts of any lengths.
+
+    Greedy when temperature is 0; otherwise temperature sampling with optional top-k/top-p.
+    `seed` makes sampling reproducible (a private generator; global RNG untouched).
+    A row stops at `eos_id` or any of its `stop_tokens` (one list for all rows, or one per row).
+    `use_cache=False` recomputes the whole sequence each step (the reference the cache is tested
+    against). `decode_step` optionally replaces the one-token cached forward (e.g. a compiled one).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+    cfg = model.config
+    rows = _as_lists(prompts)
+    _check_prompts(rows, cfg.vocab_size)
+    rows = _fit_context(rows, max_new_tokens, cfg.context_length, on_overflow)
+    B = len(rows)
+    stops = _stop_sets(stop_tokens, eos_id, B)
+
+    device = model.tok_emb.weight.device
+    lens = torch.tensor([len(p) for p in rows], device=device)
+    T0 = int(lens.max())
+    pad_lens = T0 - lens
+    idx = torch.full((B, T0), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(rows):
+        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+
+    was_training = model.training
+    model.eval()
+    total = T0 + max_new_tokens
+    shape = model.kv_cache_shape
+    owns_cache = use_cache and not (shape is not None and shape[0] == B and shape[1] >= total)
+    if owns_cache:
+        model.setup_kv_cache(B, total)
+    try:
+        if use_cache:
+            logits = model(idx, input_pos=torch.arange(T0, device=device), pad_lens=pad_lens, last_only=True)
+        else:
+            model.reset_kv_cache()
+            logits = model(idx, pad_lens=pad_lens, last_only=True)
+        out_tokens = [[] for _ in range(B)]
+        out_lp = [[] for _ in range(B)]
+        reasons = ["length"] * B
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        stop_mask = _stop_mask(stops, cfg.padded_vocab_size, device)
+        seq = idx
+        for step in range(max_new_tokens):
+            last = logits[:, -1, :].float()
+            if cfg.padded_vocab_size > cfg.vocab_size:
+                last[:, cfg.vocab_size:] = float("-inf")
+            nxt = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            lp = F.log_softmax(last, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+            nxt_l, lp_l, done_l = nxt.tolist(), lp.tolist(), done.tolist()
+            for i in range(B):
+                if done_l[i]:
+                    continue
+                out_tokens[i].append(nxt_l[i])
+                out_lp[i].append(lp_l[i])
+            hit = stop_mask[torch.arange(B, device=device), nxt] if stop_mask is not None else torch.zeros_like(done)
+            newly = hit & ~done
+            for i in newly.nonzero().flatten().tolist():
+                reasons[i] = "stop"
+            done = done | hit
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            if use_cache:
+                pos = torch.tensor([T0 + step], device=device)
+                step_fn = decode_step or (lambda t, p, pl: model(t, input_pos=p, pad_lens=pl, last_only=True))
+                logits = step_fn(nxt[:, None], pos, pad_lens)
+            else:
+                seq = torch.cat([seq, nxt[:, None]], dim=1)
+                logits = model(seq, pad_lens=pad_lens, last_only=True)
+    finally:
+        if owns_cache:
+            model.reset_kv_cache()
+        model.train(was_training)
+    return GenerationOutput(out_tokens, out_lp, reasons, rows, stops)
+
+
+def _stop_sets(stop_tokens, eos_id, B) -> list[set[int]]:
+    if stop_tokens is None:
+        per_row = [set() for _ in range(B)]
+    elif len(stop_tokens) > 0 and not isinstance(stop_tokens[0], int):
+        if len(stop_tokens) != B:
+            raise ValueError(f"generate: stop_tokens has {len(stop_tokens)} rows but there are {B} prompts")
+        per_row = [set(map(int, s)) for s in stop_tokens]
+    else:
+        per_row = [set(map(int, stop_tokens)) for _ in range(B)]
+    if eos_id is not None:
+        for s in per_row:
+            s.add(int(eos_id))
+    return per_row
+
+
+def _stop_mask(stops: list[set[int]], vocab: int, device) -> torch.Tensor | None:
+    if not any(stops):
+        return None
+    mask = torch.zeros(len(stops), vocab, dtype=torch.bool, device=device)
+    for i, s in enumerate(stops):
+        ids = [t for t in s if 0 <= t < vocab]
+        if ids:
+            mask[i, ids] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------- scoring
+@dataclass
+class Score:
+    """Log-probability of a completion given its prompt."""
+
+    sum_logprob: float
+    mean_logprob: float
+    num_tokens: int
+    token_logprobs: list[float]
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets) under logits (..., V) -> (...); float32 for stability."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.inference_mode()
+def score(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    pad_id: int = 0,
+) -> list[Score]:
+    """Sum and mean log-prob of each completion given its prompt (teacher forcing, one forward)."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
+    cfg = model.config
+    device = model.tok_emb.weight.device
+    was_training = model.training
+    model.eval()
+    results: list[Score] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(zip(prompts[start:start + batch_size], completions[start:start + batch_size]))
+            seqs = []
+            for j, (p, c) in enumerate(chunk):
+                if len(p) == 0:
+                    raise ValueError(f"score: prompt {start + j} is empty")
+                if len(c) == 0:
+                    raise ValueError(f"score: completion {start + j} is empty")
+                if len(p) + len(c) > cfg.context_length:
+                    raise ValueError(f"score: prompt {start + j} + completion = {len(p) + len(c)} tokens exceeds "
+                                     f"context_length {cfg.context_length}")
+                seqs.append(list(p) + list(c))
+            T = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
+            for j, s in enumerate(seqs):
+                ids[j, :len(s)] = torch.tensor(s, dtype=torch.long, device=device)
+            # right padding is harmless under causal attention: no real token sees a pad
+            logits = model(ids[:, :-1]) if T > 1 else None
+            lp_all = token_logprobs(logits, ids[:, 1:])
+            for j, (p, c) in enumerate(chunk):
+                lp = lp_all[j, len(p) - 1:len(p) - 1 + len(c)].tolist()
+                results.append(Score(sum(lp), sum(lp) / len(lp), len(lp), lp))
+    finally:
+        model.train(was_training)
+    return results
