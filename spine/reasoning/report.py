@@ -1,0 +1,168 @@
+"""Report on trace files: summary tables and, for self-consistency runs, accuracy vs samples.
+
+Self-consistency (Wang et al., 2022): accuracy@k is the accuracy of a majority vote over the
+first k samples of each problem. Votes group answers whose normalized strings are equal (all
+whitespace removed, surrounding "$" and a trailing "." stripped), or for which the optional
+`equivalent(a, b)` says so — pass the grader's `answers_equivalent` for symbolic equality. A
+voted group counts as correct when its first sample was graded correct. Ties go to the group
+whose first sample came earliest; samples with no extracted answer do not vote (a problem with
+none is wrong).
+
+    python -m spine.reasoning.report run1.jsonl run2.jsonl --png accuracy_vs_samples.png
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from spine.traces import TraceRecord, format_summary, read_traces, summarize
+
+__all__ = ["normalize_vote", "majority_vote", "sample_counts", "accuracy_at_k", "report"]
+
+Equivalent = Callable[[str, str], bool]
+
+
+def normalize_vote(answer: str) -> str:
+    """The exact-match key used to pool votes."""
+    s = "".join(answer.split())
+    s = s.strip("$")
+    return s[:-1] if s.endswith(".") else s
+
+
+def majority_vote(answers: Sequence[str | None], equivalent: Equivalent | None = None) -> int | None:
+    """Index of the first sample of the most voted answer group, or None if nobody answered."""
+    groups: list[tuple[str, str, int, int]] = []  # (key, representative, first index, votes)
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        key = normalize_vote(a)
+        for g, (gkey, rep, first, votes) in enumerate(groups):
+            if key == gkey or (equivalent is not None and equivalent(rep, a)):
+                groups[g] = (gkey, rep, first, votes + 1)
+                break
+        else:
+            groups.append((key, a, i, 1))
+    if not groups:
+        return None
+    # max() keeps the first maximum, and groups are in order of first appearance: ties -> earliest.
+    return max(groups, key=lambda g: g[3])[2]
+
+
+def _samples_by_problem(records: Iterable[TraceRecord]) -> dict[str, list[TraceRecord]]:
+    """problem_id -> its per-sample records in sample order, for problems with n_samples > 1."""
+    out: dict[str, list[TraceRecord]] = {}
+    for r in records:
+        n = int(r.metadata.get("n_samples", 1) or 1)
+        if n > 1 and 0 <= r.sample_index < n:
+            out.setdefault(r.problem_id, []).append(r)
+    return {p: sorted(rs, key=lambda r: r.sample_index) for p, rs in out.items()}
+
+
+def sample_counts(n: int) -> list[int]:
+    """k = 1, 2, 4, ... up to n, plus n itself."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n] if n >= 1 else []
+
+
+def accuracy_at_k(records: Iterable[TraceRecord], ks: Sequence[int] | None = None,
+                  equivalent: Equivalent | None = None) -> dict[int, float]:
+    """{k: majority-vote accuracy over the first k samples}; {} without self-consistency records.
+
+    k runs up to the smallest sample count among the problems (an interrupted problem has fewer).
+    """
+    per = _samples_by_problem(records)
+    if not per:
+        return {}
+    n = min(len(rs) for rs in per.values())
+    ks = sample_counts(n) if ks is None else [k for k in ks if 1 <= k <= n]
+    acc = {}
+    for k in ks:
+        correct = 0
+        for rs in per.values():
+            first_k = rs[:k]
+            winner = majority_vote([r.extracted for r in first_k], equivalent)
+            correct += winner is not None and bool(first_k[winner].correct)
+        acc[k] = correct / len(per)
+    return acc
+
+
+def _plot(curves: dict[str, dict[int, float]], out_png: Path) -> None:
+    # Figure + Agg canvas directly: no pyplot global state, no backend switch for the caller.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, acc in curves.items():
+        ks = sorted(acc)
+        ax.plot(ks, [100 * acc[k] for k in ks], marker="o", label=label)
+    all_ks = sorted({k for acc in curves.values() for k in acc})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(all_ks)
+    ax.set_xticklabels([str(k) for k in all_ks])
+    ax.set_xlabel("samples per problem (k, majority vote)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Self-consistency: accuracy vs number of samples")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, format="png")
+
+
+def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path | None = None,
+           equivalent: Equivalent | None = None, *, group_by: Sequence[str] = ("level", "subject"),
+           print_it: bool = True) -> str:
+    """Markdown report of one or more trace files (printed and returned).
+
+    With `out_png`, accuracy@k curves of the self-consistency runs are drawn into one PNG; when no
+    run has more than one sample per problem no PNG is written and the report says so.
+    """
+    paths = [trace_paths] if isinstance(trace_paths, (str, Path)) else list(trace_paths)
+    if not paths:
+        raise ValueError("no trace files given")
+    parts: list[str] = []
+    curves: dict[str, dict[int, float]] = {}
+    for path in map(Path, paths):
+        header, records = read_traces(path)
+        label = path.stem
+        if label in curves:  # same file name in two folders
+            label = f"{label} ({header.get('run_id')})"
+        parts.append(f"## {path.name}\n\nrun `{header.get('run_id')}`, config `{header.get('config_hash')}`, "
+                     f"{len(records)} records\n")
+        parts.append(format_summary(summarize(records, group_by=group_by)))
+        acc = accuracy_at_k(records, equivalent=equivalent)
+        if acc:
+            curves[label] = acc
+            parts.append("\nself-consistency (majority vote over the first k samples):\n")
+            parts.append("| k | " + " | ".join(str(k) for k in acc) + " |")
+            parts.append("|---|" + "---:|" * len(acc))
+            parts.append("| accuracy | " + " | ".join(f"{100 * a:.1f}%" for a in acc.values()) + " |")
+        parts.append("")
+    if out_png is not None:
+        if curves:
+            _plot(curves, Path(out_png))
+            parts.append(f"accuracy-vs-samples plot: {out_png}")
+        else:
+            parts.append("no self-consistency runs (n_samples > 1): no plot written")
+    text = "\n".join(parts).rstrip() + "\n"
+    if print_it:
+        print(text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Summarize spine trace files.")
+    ap.add_argument("traces", nargs="+", help="trace JSONL files")
+    ap.add_argument("--png", default=None, help="write accuracy-vs-samples here (self-consistency runs)")
+    args = ap.parse_args(argv)
+    report(args.traces, args.png)
+
+
+if __name__ == "__main__":
+    main()
