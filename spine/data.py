@@ -1,0 +1,634 @@
+"""Pretraining data in pure PyTorch/numpy: sources → cached token stream → windows → sampling.
+
+Pipeline (Raschka ch.2, made cacheable and resumable):
+1. `resolve_source(spec)` turns a spec (path, glob, directory, URL#sha256, `hf:NAME[:CONFIG]`,
+   `hf-disk:PATH`, `synthetic`) into documents plus a stable content fingerprint.
+2. `tokenize_to_cache(...)` encodes the documents once, joins them with the tokenizer's
+   end-of-text id *between* non-empty documents, and writes a flat uint16/uint32 file + JSON meta
+   under a key from `cache_key(fingerprint, tokenizer)`; `load_tokens` memory-maps it.
+3. `split_point` cuts the stream at floor(n * (1 - val_fraction)); `TokenWindows` (book-style
+   sliding windows) and `RandomWindows` (nanoGPT-style random offsets) are built inside one part,
+   so no window and no target ever crosses the cut.
+4. `ResumableSampler` gives a (seed, epoch)-deterministic order, per-rank slices for DDP, and a
+   `state_dict` / `skip` mechanism so an interrupted epoch resumes at exactly the next sample.
+
+Text policy: files are read as bytes and decoded as UTF-8 (a leading BOM is dropped, newlines are
+kept as they are). `encoding_errors="strict"` (default) raises naming the file and the byte
+offset of the first bad byte; `"replace"` substitutes U+FFFD. Text that *looks* like a special
+token (e.g. a literal "<|endoftext|>") is encoded as plain text: only the separators this module
+inserts are real end-of-text ids. Each file is read whole as one document: shard a corpus that
+does not fit in memory into several files (encoding is then streamed in ~8 MB groups).
+"""
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from spine.tokenizer import Tokenizer, atomic_write_bytes, sha256_file, tokenizer_fingerprint
+
+CACHE_FORMAT = 1
+# Long documents are cut into pieces of about this many characters before encoding (bounded
+# memory, and parallel work for one huge file). Cuts are only made where the cut is invisible
+# to a GPT-2-style pre-tokenizer (see `_split_long`), so ids are identical to encoding whole.
+MAX_CHUNK_CHARS = 1 << 20
+_URL_SCHEMES = ("http://", "https://", "file://")
+
+
+def default_cache_dir() -> Path:
+    """$SPINE_CACHE_DIR, else ~/.cache/spine."""
+    return Path(os.environ.get("SPINE_CACHE_DIR") or Path.home() / ".cache" / "spine").expanduser()
+
+
+def sha256_json(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys): the fingerprint/key primitive."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ============================================================================ sources
+@dataclass
+class ResolvedSource:
+    """Documents (a re-iterable of str, read lazily) plus a stable content fingerprint."""
+
+    documents: Iterable[str]
+    fingerprint: str
+    description: str
+
+
+def decode_text(data: bytes, name: str, encoding_errors: str = "strict") -> str:
+    """UTF-8 decode with the module's policy; strict errors name `name` and the byte offset."""
+    try:
+        text = data.decode("utf-8", errors=encoding_errors)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{name}: not valid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}); fix the file or "
+            f"pass encoding_errors='replace' to substitute U+FFFD for undecodable bytes"
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+class FileDocuments:
+    """Lazily read files, one document each (re-iterable, so files are never all in memory)."""
+
+    def __init__(self, paths: Sequence[Path], encoding_errors: str = "strict", names: Sequence[str] | None = None):
+        self.paths, self.encoding_errors = list(paths), encoding_errors
+        self.names = list(names) if names is not None else [str(p) for p in self.paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[str]:
+        for p, name in zip(self.paths, self.names):
+            yield decode_text(Path(p).read_bytes(), name, self.encoding_errors)
+
+
+def _expand_local(spec: str) -> list[Path]:
+    """A file, a directory (all *.txt below it, sorted) or a glob (sorted files)."""
+    if any(c in spec for c in "*?["):
+        files = sorted(Path(p) for p in _glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not files:
+            raise FileNotFoundError(f"glob matched no files: {spec}")
+        return files
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        files = sorted(q for q in p.rglob("*.txt") if q.is_file())
+        if not files:
+            raise FileNotFoundError(f"directory {p} contains no *.txt files")
+        return files
+    if not p.is_file():
+        raise FileNotFoundError(f"data source not found: {spec} (expected a file, directory, glob, URL with "
+                                f"#sha256=..., hf:NAME[:CONFIG], hf-disk:PATH or 'synthetic')")
+    return [p]
+
+
+def split_url(spec: str, sha256: str | None = None) -> tuple[str, str]:
+    """`URL#sha256=HEX` (or URL + `sha256`) → (url, sha256). The hash is required: downloads are pinned."""
+    url, _, frag = spec.partition("#")
+    frag_sha = frag[len("sha256="):] if frag.startswith("sha256=") else None
+    if frag and frag_sha is None:
+        raise ValueError(f"URL fragment must be '#sha256=<hex>', got {spec!r}")
+    if frag_sha and sha256 and frag_sha.lower() != sha256.lower():
+        raise ValueError(f"{url}: sha256 given twice and they differ ({frag_sha} vs {sha256})")
+    digest = (frag_sha or sha256 or "").lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"URL source {url} needs its sha256 (64 hex digits): write '{url}#sha256=<hex>' or pass "
+                         f"sha256=...; got {digest or 'none'!r}")
+    return url, digest
+
+
+def download(url: str, sha256: str, cache_dir: str | Path | None = None) -> Path:
+    """Fetch `url` into cache_dir/downloads (once), verifying its sha256; return the local path."""
+    out_dir = Path(cache_dir or default_cache_dir()) / "downloads"
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    dst = out_dir / f"{sha256[:16]}-{name}"
+    if dst.is_file() and sha256_file(dst) == sha256:
+        return dst
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".part")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 (pinned by sha256)
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                h.update(chunk)
+                f.write(chunk)
+        if h.hexdigest() != sha256:
+            raise ValueError(f"sha256 mismatch for {url}: expected {sha256}, got {h.hexdigest()}")
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def _hf_documents(ds: Any, text_column: str, what: str) -> Iterator[str]:
+    cols = getattr(ds, "column_names", None)
+    if cols is not None and text_column not in cols:
+        raise ValueError(f"{what} has no column {text_column!r}; its columns are {cols}")
+    for row in ds:
+        if text_column not in row:  # streams may not know their columns up front
+            raise ValueError(f"{what} has no column {text_column!r}; a row has {sorted(row)}")
+        yield row[text_column]
+
+
+def _resolve_one(spec: str, *, sha256: str | None, encoding_errors: str, cache_dir: str | Path | None,
+                 hf_split: str, hf_text_column: str, hf_streaming: bool, synthetic_problems: int,
+                 synthetic_levels: Sequence[int], synthetic_seed: int) -> ResolvedSource:
+    if spec == "synthetic":
+        from spine.reasoning import synthetic
+
+        levels = [int(x) for x in synthetic_levels]
+        docs = _ListOnce(lambda: synthetic.make_documents(synthetic_problems, seed=synthetic_seed, levels=levels))
+        # The generator's source is part of the identity: change the generator, get a fresh cache.
+        code = sha256_file(Path(synthetic.__file__))
+        fp = sha256_json({"synthetic": [synthetic_problems, levels, synthetic_seed], "code": code})
+        return ResolvedSource(docs, fp, f"synthetic(n_problems={synthetic_problems}, levels={levels}, seed={synthetic_seed})")
+    if spec.startswith("hf-disk:"):
+        path = spec[len("hf-disk:"):]
+        import datasets  # lazy: heavy, and only these sources need it
+
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            if hf_split not in ds:
+                raise ValueError(f"{path}: no split {hf_split!r}; splits are {list(ds.keys())}")
+            ds = ds[hf_split]
+        fp = sha256_json({"hf-disk": ds._fingerprint, "column": hf_text_column})
+        return ResolvedSource(_ListOnce(lambda: _hf_documents(ds, hf_text_column, spec)), fp, spec)
+    if spec.startswith("hf:"):
+        import datasets
+
+        name, _, config = spec[len("hf:"):].partition(":")
+        try:
+            ds = datasets.load_dataset(name, config or None, split=hf_split, streaming=hf_streaming)
+        except Exception as e:  # network, auth, unknown name: one clear message keeps the cause
+            raise RuntimeError(f"could not load Hugging Face dataset {name!r} (config={config or None!r}, "
+                               f"split={hf_split!r}, streaming={hf_streaming}): {type(e).__name__}: {e}") from e
+        # Non-streaming datasets carry a content fingerprint; a stream only has its name (so a
+        # dataset changed on the hub under the same name reuses the old cache: clear it by hand).
+        content = None if hf_streaming else getattr(ds, "_fingerprint", None)
+        fp = sha256_json({"hf": [name, config, hf_split, hf_text_column], "content": content})
+        return ResolvedSource(_ListOnce(lambda: _hf_documents(ds, hf_text_column, spec)), fp, f"{spec} split={hf_split}")
+    if spec.startswith(_URL_SCHEMES):
+        url, digest = split_url(spec, sha256)
+        local = download(url, digest, cache_dir)
+        fp = sha256_json({"files": [digest], "errors": encoding_errors})
+        return ResolvedSource(FileDocuments([local], encoding_errors, names=[f"{url} ({local})"]), fp, url)
+    files = _expand_local(spec)
+    fp = sha256_json({"files": [sha256_file(p) for p in files], "errors": encoding_errors})
+    return ResolvedSource(FileDocuments(files, encoding_errors), fp, spec if len(files) == 1 else f"{spec} ({len(files)} files)")
+
+
+class _ListOnce:
+    """Re-iterable wrapper around a generator factory."""
+
+    def __init__(self, make: Any):
+        self.make = make
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.make())
+
+
+def resolve_source(
+    spec: str | Sequence[str], *, sha256: str | None = None, encoding_errors: str = "strict",
+    cache_dir: str | Path | None = None, hf_split: str = "train", hf_text_column: str = "text",
+    hf_streaming: bool = False, synthetic_problems: int = 2000, synthetic_levels: Sequence[int] = (1, 2),
+    synthetic_seed: int = 0,
+) -> ResolvedSource:
+    """Resolve one spec or a list of specs (concatenated in order) into documents + fingerprint.
+
+    Specs: a file (one document), a directory (every *.txt below it, sorted), a glob (sorted),
+    `http(s)://…` or `file://…` with `#sha256=HEX` (or `sha256=`), `hf:NAME[:CONFIG]`,
+    `hf-disk:PATH` (a `datasets` dataset saved with `save_to_disk`), or `synthetic`.
+    """
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"encoding_errors must be 'strict' or 'replace', got {encoding_errors!r}")
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise ValueError("no data source given (empty list)")
+    kw = dict(sha256=sha256, encoding_errors=encoding_errors, cache_dir=cache_dir, hf_split=hf_split,
+              hf_text_column=hf_text_column, hf_streaming=hf_streaming, synthetic_problems=synthetic_problems,
+              synthetic_levels=synthetic_levels, synthetic_seed=synthetic_seed)
+    parts = [_resolve_one(str(s), **kw) for s in specs]
+    if len(parts) == 1:
+        return parts[0]
+    return ResolvedSource(_ListOnce(lambda: (d for p in parts for d in p.documents)),
+                          sha256_json([p.fingerprint for p in parts]), " + ".join(p.description for p in parts))
+
+
+def source_fingerprint(spec: str | Sequence[str], **kwargs: Any) -> str:
+    """The stable content fingerprint of a source (see `resolve_source` for the arguments)."""
+    return resolve_source(spec, **kwargs).fingerprint
+
+
+# ============================================================================ token cache
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab ≤ 65536), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def tokenizer_identity(tokenizer: Tokenizer) -> dict[str, Any]:
+    """What makes two tokenizers produce the same ids: name, sizes and the hash of its saved spec."""
+    return {"name": tokenizer.name, "vocab_size": int(tokenizer.vocab_size), "eos_id": int(tokenizer.eos_id),
+            "spec_sha256": tokenizer_fingerprint(tokenizer)}
+
+
+def cache_key(fingerprint: str, tokenizer: Tokenizer) -> str:
+    """sha256 of (cache format, source fingerprint, tokenizer identity)."""
+    return sha256_json({"format": CACHE_FORMAT, "source": fingerprint, "tokenizer": tokenizer_identity(tokenizer)})
+
+
+def _is_cut(text: str, j: int) -> bool:
+    """A single space between two printable non-space characters."""
+    return (text[j] == " " and 0 < j < len(text) - 1 and text[j - 1].isprintable() and not text[j - 1].isspace()
+            and text[j + 1].isprintable() and not text[j + 1].isspace())
+
+
+def _split_long(text: str, max_chars: int | None = None) -> list[str]:
+    """Cut `text` into pieces of about max_chars just before single spaces between words ("x| y").
+
+    GPT-2-style pre-tokenizers (GPT-2's and Qwen's regex) end a pre-token at such a point and
+    start the next one with the space, and BPE never merges across pre-tokens, so encoding the
+    pieces gives the same ids as encoding the whole (tested). A text with no such point stays whole.
+    """
+    max_chars = max_chars or MAX_CHUNK_CHARS
+    out, start = [], 0
+    while len(text) - start > max_chars:
+        j = text.rfind(" ", start + 1, start + max_chars)
+        while j > start and not _is_cut(text, j):
+            j = text.rfind(" ", start + 1, j)
+        if j <= start:  # no cut point in this stretch: take the first one after it
+            j = text.find(" ", start + max_chars)
+            while j != -1 and not _is_cut(text, j):
+                j = text.find(" ", j + 1)
+            if j == -1:
+                break
+        out.append(text[start:j])
+        start = j
+    out.append(text[start:])
+    return out
+
+
+def _encode_groups(docs: Iterable[str], tokenizer: Tokenizer) -> Iterator[list[np.ndarray]]:
+    """Yield, per group of ~8 MB of documents, one int64 array per document.
+
+    Parallelism comes from `encode_batch`: tiktoken's (GPT-2) and HF's run on Rust threads.
+    A process pool for the pure-python BPE was measured on the 2-core dev box and dropped: each
+    worker rebuilds BPE's word cache, so the pool spent ~1.5x the CPU of one process and was
+    slower in wall time (11.8 MB: 3.6 s serial vs 9.5 s with 2 workers).
+    """
+    group: list[str] = []
+    size = 0
+    for doc in docs:
+        if not isinstance(doc, str):
+            raise ValueError(f"documents must be str, got {type(doc).__name__}")
+        group.append(doc)
+        size += len(doc)
+        if size >= 8 * MAX_CHUNK_CHARS:
+            yield _encode_group(group, tokenizer)
+            group, size = [], 0
+    if group:
+        yield _encode_group(group, tokenizer)
+
+
+def _encode_group(group: list[str], tokenizer: Tokenizer) -> list[np.ndarray]:
+    pieces, owner = [], []
+    for i, doc in enumerate(group):
+        for p in _split_long(doc):
+            pieces.append(p)
+            owner.append(i)
+    per_doc: list[list[np.ndarray]] = [[] for _ in group]
+    for i, ids in zip(owner, tokenizer.encode_batch(pieces)):
+        per_doc[i].append(np.asarray(ids, dtype=np.int64))
+    return [np.concatenate(a) if len(a) > 1 else a[0] for a in per_doc]
+
+
+def _meta_path(bin_path: Path) -> Path:
+    return bin_path.with_suffix(".json")
+
+
+def _cached(bin_path: Path) -> dict[str, Any] | None:
+    """The meta of a complete cache entry, or None."""
+    meta_p = _meta_path(bin_path)
+    if not (bin_path.is_file() and meta_p.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_p.read_text())
+        ok = meta["format"] == CACHE_FORMAT and bin_path.stat().st_size == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize
+    except (ValueError, KeyError, TypeError):
+        return None
+    return meta if ok else None
+
+
+def tokenize_to_cache(
+    documents: Iterable[str], tokenizer: Tokenizer, cache_dir: str | Path, key: str, *,
+    source_fingerprint: str = "", description: str = "",
+) -> Path:
+    """Encode `documents` once into cache_dir/tokens/<key>.bin (+ .json meta); return the .bin path.
+
+    Documents are joined with `tokenizer.eos_id` between non-empty documents (empty ones are
+    skipped). A complete entry for `key` is reused without touching `documents`. Writes go to a
+    temp file that is renamed at the end, so a crash never leaves a half-written cache.
+    """
+    bin_path = Path(cache_dir) / "tokens" / f"{key}.bin"
+    if _cached(bin_path) is not None:
+        return bin_path
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    t0 = time.perf_counter()
+    n_tokens = n_docs = 0
+    eos = np.array([tokenizer.eos_id], dtype=dtype)
+    fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{key}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for arrays in _encode_groups(documents, tokenizer):
+                for arr in arrays:
+                    if arr.size == 0:
+                        continue
+                    if arr.min() < 0 or arr.max() >= tokenizer.vocab_size:
+                        raise ValueError(f"tokenizer {tokenizer.name!r} produced ids outside 0..{tokenizer.vocab_size - 1}")
+                    if n_docs:
+                        f.write(eos.tobytes())
+                        n_tokens += 1
+                    f.write(arr.astype(dtype).tobytes())
+                    n_tokens += int(arr.size)
+                    n_docs += 1
+        meta = {"format": CACHE_FORMAT, "n_tokens": n_tokens, "n_documents": n_docs, "dtype": dtype.name,
+                "tokenizer": tokenizer_identity(tokenizer), "source_fingerprint": source_fingerprint,
+                "source": description, "seconds": round(time.perf_counter() - t0, 3)}
+        # meta first, then the data: `_cached` needs both and checks the size against the meta.
+        atomic_write_bytes(_meta_path(bin_path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        os.replace(tmp, bin_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return bin_path
+
+
+def load_tokens(bin_path: str | Path) -> np.ndarray:
+    """Memory-map a cache written by `tokenize_to_cache` (read-only)."""
+    bin_path = Path(bin_path)
+    meta = _cached(bin_path)
+    if meta is None:
+        raise FileNotFoundError(f"no complete token cache at {bin_path} (run prepare_data / tokenize_to_cache first)")
+    if meta["n_tokens"] == 0:
+        return np.zeros(0, dtype=meta["dtype"])
+    return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+
+
+# ============================================================================ windows
+def num_windows(n_tokens: int, context_length: int, stride: int) -> int:
+    """len(range(0, n - ctx, stride)): the book's window count (each needs ctx + 1 tokens)."""
+    return len(range(0, n_tokens - context_length, stride))
+
+
+def split_point(n_tokens: int, val_fraction: float) -> int:
+    """floor(n * (1 - val_fraction)), computed exactly for decimal fractions such as 0.1."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    return math.floor(n_tokens * (1 - Fraction(str(val_fraction))))
+
+
+def check_enough_tokens(n_tokens: int, context_length: int, what: str = "corpus") -> None:
+    """Raise if fewer than context_length + 1 tokens (one input window plus its shifted target)."""
+    if n_tokens < context_length + 1:
+        raise ValueError(f"{what} has {n_tokens} tokens, but one window needs context_length + 1 = "
+                         f"{context_length + 1}; use more text or a smaller context_length")
+
+
+class _TokenView:
+    """A 1-D token array that pickles as its file path when memory-mapped (cheap for workers)."""
+
+    def __init__(self, tokens: np.ndarray):
+        self.tokens = tokens
+        self._arr = np.asarray(tokens)  # plain ndarray view of the same pages: slicing is ~4x cheaper
+
+    def __getstate__(self) -> dict[str, Any]:
+        t = self.tokens
+        if isinstance(t, np.memmap) and t.filename:
+            return {"memmap": (t.filename, t.dtype.str, t.offset, t.shape)}
+        return {"tokens": np.asarray(t)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "memmap" in state:
+            fn, dt, off, shape = state["memmap"]
+            self.__init__(np.memmap(fn, dtype=np.dtype(dt), mode="r", offset=off, shape=shape))
+        else:
+            self.__init__(state["tokens"])
+
+    def window(self, offset: int, context_length: int) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(self._arr[offset:offset + context_length + 1].astype(np.int64))
+        return {"input_ids": x[:-1], "targets": x[1:]}
+
+
+def _check_range(tokens: np.ndarray, start: int, end: int | None, context_length: int) -> tuple[int, int]:
+    end = len(tokens) if end is None else end
+    if not 0 <= start <= end <= len(tokens):
+        raise ValueError(f"bad token range [{start}, {end}) for {len(tokens)} tokens")
+    if context_length < 1:
+        raise ValueError(f"context_length must be >= 1, got {context_length}")
+    return start, end
+
+
+class TokenWindows(Dataset):
+    """Book-style sliding windows over tokens[start:end]: input ids[i:i+ctx], target ids[i+1:i+ctx+1].
+
+    i runs over range(0, (end - start) - ctx, stride) relative to `start`, so every target lies
+    inside [start, end).
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, stride: int | None = None,
+                 start: int = 0, end: int | None = None):
+        self.start, self.end = _check_range(tokens, start, end, context_length)
+        self.context_length = context_length
+        self.stride = context_length if stride is None else stride
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        self._view = _TokenView(tokens)
+        self._n = num_windows(self.end - self.start, context_length, self.stride)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def offset(self, index: int) -> int:
+        """Absolute token offset of window `index`."""
+        if not 0 <= index < self._n:
+            raise IndexError(f"window {index} out of range ({self._n} windows)")
+        return self.start + index * self.stride
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self._view.window(self.offset(int(index)), self.context_length)
+
+
+class RandomWindows(Dataset):
+    """nanoGPT-style windows at random offsets in tokens[start:end], `num_samples` per epoch.
+
+    The offset of sample `index` in epoch `epoch` is a pure function of (seed, epoch, index), so
+    it needs no shared RNG state (DataLoader workers, resume). Index either with an int (uses
+    the epoch set by `set_epoch`) or with the `(epoch, index)` pairs that
+    `ResumableSampler(with_epoch=True)` yields, which also works with persistent workers.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, num_samples: int, seed: int = 0,
+                 start: int = 0, end: int | None = None):
+        self.start, self.end = _check_range(tokens, start, end, context_length)
+        check_enough_tokens(self.end - self.start, context_length, "token range")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.context_length, self.num_samples, self.seed, self.epoch = context_length, num_samples, seed, 0
+        self._view = _TokenView(tokens)
+        self._block_key: tuple[int, int] | None = None
+        self._block = np.zeros(0, dtype=np.int64)
+
+    _BLOCK = 4096
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def offset(self, epoch: int, index: int) -> int:
+        """Absolute offset of sample `index` of `epoch`: uniform over all full windows of the range."""
+        # Offsets come in blocks drawn from PCG64(seed, epoch, block): still a pure function of
+        # (seed, epoch, index), but one generator per 4096 samples instead of one per sample.
+        block, j = divmod(index, self._BLOCK)
+        if self._block_key != (epoch, block):
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, block]))
+            self._block = rng.integers(0, self.end - self.start - self.context_length, size=self._BLOCK)
+            self._block_key = (epoch, block)
+        return self.start + int(self._block[j])
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, i = index if isinstance(index, tuple) else (self.epoch, index)
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"sample {i} out of range ({self.num_samples} per epoch)")
+        return self._view.window(self.offset(int(epoch), int(i)), self.context_length)
+
+
+# ============================================================================ sampler
+def _seed_for(seed: int, epoch: int) -> int:
+    # Hash (seed, epoch) instead of seed + epoch: (0, 1) and (1, 0) must not share an order.
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+class ResumableSampler(Sampler):
+    """Deterministic, resumable, optionally distributed sampler.
+
+    Order: a permutation from (seed, epoch) when `shuffle`, else 0..n-1. With num_replicas > 1
+    the order is padded by wrapping to a multiple of num_replicas (or cut, with drop_last) and
+    rank r takes positions r, r + R, ... — DistributedSampler's layout — so ranks see disjoint
+    samples apart from the wrapped padding and all ranks yield the same count.
+
+    Resume: `consumed` counts this rank's samples of the current epoch handed out so far;
+    `skip(k)` (or `load_state_dict`) makes the next iteration of the current epoch start at
+    position k. `set_epoch(e)` with a new epoch clears both. `__len__` is always the full epoch,
+    so a resumed loader still reports the epoch's full batch count (Lightning's progress counters
+    continue from the checkpoint and reach exactly that count).
+    """
+
+    def __init__(self, data_source: Sized | int, *, shuffle: bool = True, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0, drop_last: bool = False, with_epoch: bool = False):
+        self.n = data_source if isinstance(data_source, int) else len(data_source)
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
+        self.shuffle, self.seed, self.num_replicas, self.rank = shuffle, seed, num_replicas, rank
+        self.drop_last, self.with_epoch = drop_last, with_epoch
+        self.epoch, self.consumed, self._skip = 0, 0, 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.n // self.num_replicas
+        return math.ceil(self.n / self.num_replicas)
+
+    def epoch_indices(self, epoch: int | None = None) -> list[int]:
+        """This rank's full index list for `epoch` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        total = len(self) * self.num_replicas
+        if total > self.n > 0:  # pad by wrapping around, as DistributedSampler does
+            order = order.repeat(math.ceil(total / self.n))
+        return order[:total][self.rank::self.num_replicas].tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's order; a different epoch than the current one starts from position 0."""
+        if epoch != self.epoch:
+            self.epoch, self.consumed, self._skip = epoch, 0, 0
+
+    def skip(self, n: int) -> None:
+        """Make the next iteration of the current epoch start after its first `n` samples."""
+        if n < 0:
+            raise ValueError(f"cannot skip a negative number of samples ({n})")
+        self._skip = self.consumed = min(n, len(self))
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = self.epoch_indices()
+        start = min(self._skip, len(indices))
+        self._skip, self.consumed = 0, start  # the skip applies to this iteration only
+        return self._iterate(indices, start)
+
+    def _iterate(self, indices: list[int], start: int) -> Iterator[Any]:
+        for i in indices[start:]:
+            self.consumed += 1
+            yield (self.epoch, i) if self.with_epoch else i
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "n": self.n, "seed": self.seed,
+                "shuffle": self.shuffle, "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at (epoch, consumed). A different dataset size/seed/shuffle warns and restarts the epoch."""
+        self.epoch = int(state["epoch"])
+        consumed = int(state["consumed"])
+        same = (state.get("n", self.n), state.get("seed", self.seed), state.get("shuffle", self.shuffle)) == \
+               (self.n, self.seed, self.shuffle)
+        if not same:
+            warnings.warn(f"sampler state was saved for n={state.get('n')}, seed={state.get('seed')}, "
+                          f"shuffle={state.get('shuffle')} but this sampler has n={self.n}, seed={self.seed}, "
+                          f"shuffle={self.shuffle}: the data changed, so epoch {self.epoch} restarts from its "
+                          f"first sample instead of resuming mid-epoch", UserWarning, stacklevel=2)
+            consumed = 0
+        old_r = int(state.get("num_replicas", self.num_replicas))
+        if old_r != self.num_replicas:
+            # Same global position in the shared order, re-split over the new number of ranks:
+            # never skips an unseen sample, may repeat fewer than num_replicas of them.
+            consumed = consumed * old_r // self.num_replicas
+        self.consumed = self._skip = min(consumed, len(self))
