@@ -257,8 +257,11 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Any, sampler: Any, drop_last: bool, cls: type = DataLoader) -> DataLoader:
         workers = self.hparams.num_workers
+        # A private generator: creating an iterator draws a base seed from it, and drawing from the
+        # global RNG instead would shift dropout masks after a resume (exact resume needs them equal).
+        generator = torch.Generator().manual_seed(self.hparams.seed)
         return cls(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                   pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+                   pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:

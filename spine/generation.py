@@ -132,6 +132,8 @@ def generate(
     on_overflow: Literal["error", "truncate"] = "error",
     use_cache: bool = True,
     decode_step=None,
+    compile_decode: bool = False,
+    sync_every: int = 8,
 ) -> GenerationOutput:
     """Generate continuations for a batch of token-id prompts of any lengths.
 
@@ -139,7 +141,9 @@ def generate(
     `seed` makes sampling reproducible (a private generator; global RNG untouched).
     A row stops at `eos_id` or any of its `stop_tokens` (one list for all rows, or one per row).
     `use_cache=False` recomputes the whole sequence each step (the reference the cache is tested
-    against). `decode_step` optionally replaces the one-token cached forward (e.g. a compiled one).
+    against). `decode_step` optionally replaces the one-token cached forward; `compile_decode=True`
+    uses `compiled_decode_step(model)` (torch.compile, CUDA graphs on GPU). The host checks whether
+    every row has stopped only every `sync_every` steps, so decoding never waits on the GPU per token.
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -172,42 +176,45 @@ def generate(
     owns_cache = use_cache and not (shape is not None and shape[0] == B and shape[1] >= total)
     if owns_cache:
         model.setup_kv_cache(B, total)
+    if use_cache and decode_step is None and compile_decode:
+        decode_step = compiled_decode_step(model)
     try:
         if use_cache:
             logits = model(idx, input_pos=torch.arange(T0, device=device), pad_lens=pad_lens, last_only=True)
         else:
             model.reset_kv_cache()
             logits = model(idx, pad_lens=pad_lens, last_only=True)
-        out_tokens = [[] for _ in range(B)]
-        out_lp = [[] for _ in range(B)]
-        reasons = ["length"] * B
+        # everything stays on the device; the host syncs only every `sync_every` steps
+        out_tok = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        out_lp = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+        length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         stop_mask = _stop_mask(stops, cfg.padded_vocab_size, device)
+        rows_idx = torch.arange(B, device=device)
+        positions = torch.arange(T0, total, device=device)
         seq = idx
+        steps_run = 0
         for step in range(max_new_tokens):
             last = logits[:, -1, :].float()
             if cfg.padded_vocab_size > cfg.vocab_size:
                 last[:, cfg.vocab_size:] = float("-inf")
             nxt = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             lp = F.log_softmax(last, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
-            nxt_l, lp_l, done_l = nxt.tolist(), lp.tolist(), done.tolist()
-            for i in range(B):
-                if done_l[i]:
-                    continue
-                out_tokens[i].append(nxt_l[i])
-                out_lp[i].append(lp_l[i])
-            hit = stop_mask[torch.arange(B, device=device), nxt] if stop_mask is not None else torch.zeros_like(done)
-            newly = hit & ~done
-            for i in newly.nonzero().flatten().tolist():
-                reasons[i] = "stop"
-            done = done | hit
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out_tok[:, step] = nxt
+            out_lp[:, step] = lp
+            steps_run = step + 1
+            if stop_mask is not None:
+                hit = stop_mask[rows_idx, nxt] & ~done
+                length = torch.where(hit, torch.full_like(length, step + 1), length)
+                done = done | hit
+            if step == max_new_tokens - 1:
+                break
+            if stop_mask is not None and (step + 1) % sync_every == 0 and bool(done.all()):
+                break
             if use_cache:
-                pos = torch.tensor([T0 + step], device=device)
                 step_fn = decode_step or (lambda t, p, pl: model(t, input_pos=p, pad_lens=pl, last_only=True))
-                logits = step_fn(nxt[:, None], pos, pad_lens)
+                logits = step_fn(nxt[:, None], positions[step:step + 1], pad_lens)
             else:
                 seq = torch.cat([seq, nxt[:, None]], dim=1)
                 logits = model(seq, pad_lens=pad_lens, last_only=True)
@@ -215,7 +222,30 @@ def generate(
         if owns_cache:
             model.reset_kv_cache()
         model.train(was_training)
-    return GenerationOutput(out_tokens, out_lp, reasons, rows, stops)
+    lengths = length.clamp(max=steps_run).tolist()
+    done_l = done.tolist()
+    tok_l, lp_l = out_tok.tolist(), out_lp.tolist()
+    out_tokens = [tok_l[i][:lengths[i]] for i in range(B)]
+    out_lps = [lp_l[i][:lengths[i]] for i in range(B)]
+    reasons = ["stop" if done_l[i] else "length" for i in range(B)]
+    return GenerationOutput(out_tokens, out_lps, reasons, rows, stops)
+
+
+def compiled_decode_step(model: GPT):
+    """A compiled one-token cached forward, built once per model and reused across calls.
+
+    Static shapes (one token, a fixed-size cache, positions as a tensor) let mode
+    "reduce-overhead" capture it as a CUDA graph; on CPU the default mode is used.
+    """
+    fn = getattr(model, "_spine_decode_step", None)
+    if fn is None:
+        def step(tok, pos, pad_lens):
+            return model(tok, input_pos=pos, pad_lens=pad_lens, last_only=True)
+
+        mode = "reduce-overhead" if model.tok_emb.weight.is_cuda else None
+        fn = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+        model._spine_decode_step = fn
+    return fn
 
 
 def _stop_sets(stop_tokens, eos_id, B) -> list[set[int]]:

@@ -1,0 +1,91 @@
+"""Reasoning accuracy during `fit`: run the evaluation harness on held-out problems and log it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from spine.reasoning.evaluate import evaluate
+from spine.reasoning.pipelines import Engine, make_pipeline
+from spine.reasoning.problems import load_problems
+from spine.traces import format_summary
+
+
+class ReasoningEval(L.Callback):
+    """Evaluate `pipelines` on `problems` every `every_n_steps` steps and/or at the end of fit.
+
+    Each pipeline is a dict: {"name": "greedy"} or {"name": "sc", "n": 8, "temperature": 0.8}.
+    Logs `reasoning/<label>_acc`; traces go to `<trace_dir>/<label>-step<step>.jsonl`
+    (default trace_dir: `<log_dir>/traces`). Under DDP each rank evaluates a disjoint share
+    (rank r takes problems r, r+W, …, and writes its own trace file); correct counts are summed
+    across ranks once, so every rank logs the same accuracy. Results are kept in `self.results`.
+    """
+
+    def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
+                 pipelines: list[dict[str, Any]] | None = None, template: str = "synthetic",
+                 max_new_tokens: int = 64, batch_size: int = 64, stop_strings: list[str] | None = None,
+                 every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
+                 limit: int | None = None):
+        self.source = problems
+        self.pipeline_specs = pipelines or [{"name": "greedy"}]
+        self.engine_args = dict(template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                stop_strings=stop_strings if stop_strings is not None else ["\nQuestion:"])
+        self.every_n_steps, self.at_fit_end = every_n_steps, at_fit_end
+        self.trace_dir, self.limit = trace_dir, limit
+        self.results: list[dict[str, Any]] = []
+        self._problems = None
+        self._last_step = -1
+
+    @staticmethod
+    def _label(spec: dict[str, Any]) -> str:
+        name = spec["name"]
+        return f"{name}{spec['n']}" if "n" in spec else name
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == self._last_step or getattr(pl_module, "tokenizer", None) is None:
+            return
+        self._last_step = trainer.global_step
+        if self._problems is None:
+            probs = load_problems(self.source)
+            self._problems = probs[: self.limit] if self.limit else probs
+        shard = self._problems[trainer.global_rank::trainer.world_size]
+        engine = Engine(pl_module.model, pl_module.tokenizer, **self.engine_args)
+        out_dir = Path(self.trace_dir or Path(trainer.log_dir or trainer.default_root_dir) / "traces")
+        for spec in self.pipeline_specs:
+            spec = dict(spec)
+            label = self._label(spec)
+            pipeline = make_pipeline(spec.pop("name"), **spec)
+            suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+            path = out_dir / f"{label}-step{trainer.global_step}{suffix}.jsonl"
+            report = evaluate(shard, engine, pipeline, trace_path=path, source=self.source)
+            s = report.summary
+            counts = torch.tensor([float(s.n_correct), float(s.n), float(s.total_tokens), float(s.total_seconds)],
+                                  device=pl_module.device)
+            if trainer.world_size > 1:
+                counts = trainer.strategy.reduce(counts, reduce_op="sum")
+            n_correct, n, tokens, seconds = counts.tolist()
+            acc = n_correct / max(n, 1)
+            key = f"reasoning/{label}_acc"
+            # self.log is not allowed in on_fit_end: write to the loggers directly
+            trainer.callback_metrics[key] = torch.tensor(acc)
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({key: acc}, step=trainer.global_step)
+            self.results.append({"step": trainer.global_step, "pipeline": label, "accuracy": acc, "n": int(n),
+                                 "tokens_per_problem": tokens / max(n, 1), "seconds_per_problem": seconds / max(n, 1),
+                                 "trace": str(path)})
+            if trainer.is_global_zero:
+                rank_zero_info(f"[reasoning eval @ step {trainer.global_step}] {label}: accuracy {acc:.3f} "
+                               f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem\n"
+                               f"{format_summary(s)}\ntraces: {path}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._run(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.at_fit_end:
+            self._run(trainer, pl_module)

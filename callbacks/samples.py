@@ -1,0 +1,56 @@
+"""Sample generation from fixed prompts during training (deterministic: greedy or seeded)."""
+from __future__ import annotations
+
+import lightning.pytorch as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from spine.generation import generate
+
+
+class SampleGeneration(L.Callback):
+    """Every `every_n_steps` optimizer steps (and at fit end) continue each prompt and log the text.
+
+    Samples are printed on rank 0, sent to the logger when it supports text (TensorBoard), and kept
+    in `self.history` as (step, prompt, completion) for tests and notebooks.
+    """
+
+    def __init__(self, prompts: list[str], every_n_steps: int = 500, max_new_tokens: int = 40,
+                 temperature: float = 0.0, top_k: int | None = None, seed: int = 0, at_fit_end: bool = True):
+        if not prompts:
+            raise ValueError("SampleGeneration: give at least one prompt")
+        self.prompts = list(prompts)
+        self.every_n_steps = every_n_steps
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+        self.seed = seed
+        self.at_fit_end = at_fit_end
+        self.history: list[tuple[int, str, str]] = []
+        self._last_step = -1
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tok = getattr(pl_module, "tokenizer", None)
+        if tok is None or trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        ids = [tok.encode(p) for p in self.prompts]
+        out = generate(pl_module.model, ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                       top_k=self.top_k, seed=self.seed, eos_id=tok.eos_id, pad_id=tok.pad_id, on_overflow="truncate")
+        texts = out.texts(tok)
+        lines = []
+        for prompt, text in zip(self.prompts, texts):
+            self.history.append((trainer.global_step, prompt, text))
+            lines.append(f"{prompt!r} -> {text!r}")
+        if trainer.is_global_zero:
+            rank_zero_info(f"[samples @ step {trainer.global_step}]\n  " + "\n  ".join(lines))
+            exp = getattr(trainer.logger, "experiment", None)
+            if exp is not None and hasattr(exp, "add_text"):
+                exp.add_text("samples", "\n\n".join(lines), trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._sample(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.at_fit_end:
+            self._sample(trainer, pl_module)

@@ -1,0 +1,162 @@
+"""What every training stage shares: building the core `GPT`, the optimizer and schedule, exact token
+normalisation under gradient accumulation, and RNG state in checkpoints (for bitwise resume).
+
+The mathematics lives in `spine`; this class only wires it into Lightning's hooks.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+
+from spine.checkpoint import load_checkpoint
+from spine.config import ModelConfig
+from spine.model import GPT
+from spine.training import TokenNormalizer, param_groups, warmup_cosine
+
+
+def build_model(
+    model: str = "gpt2-tiny",
+    model_overrides: dict[str, Any] | None = None,
+    init_from: str | None = None,
+    vocab_size: int | None = None,
+    context_length: int | None = None,
+) -> tuple[GPT, Any]:
+    """A `GPT` from a preset (+ overrides), a spine checkpoint dir, or `hf:PATH` (an HF checkpoint dir).
+
+    `vocab_size`/`context_length` come from the data module (LightningCLI links them). For a fresh
+    model they set the shape; for a loaded one they are checked against it.
+    Returns (model, tokenizer-or-None from the checkpoint).
+    """
+    tokenizer = None
+    if init_from:
+        if init_from.startswith("hf:"):
+            from spine.hf import import_hf, import_hf_tokenizer
+
+            path = init_from[3:]
+            net, tokenizer = import_hf(path), import_hf_tokenizer(path)
+        else:
+            net, tokenizer = load_checkpoint(init_from)
+        cfg = net.config
+        if vocab_size is not None and vocab_size > cfg.vocab_size:
+            raise ValueError(f"the data's tokenizer has {vocab_size} ids but the checkpoint {init_from} embeds only "
+                             f"{cfg.vocab_size}; use the checkpoint's tokenizer")
+        if context_length is not None and context_length > cfg.context_length:
+            raise ValueError(f"data context_length {context_length} exceeds the checkpoint's context_length "
+                             f"{cfg.context_length} ({init_from})")
+        return net, tokenizer
+    overrides = dict(model_overrides or {})
+    if vocab_size is not None:
+        overrides.setdefault("vocab_size", vocab_size)
+    if context_length is not None:
+        overrides.setdefault("context_length", context_length)
+    cfg = ModelConfig.from_preset(model, **overrides)
+    return GPT(cfg), tokenizer
+
+
+def _np_state_to_plain(state) -> dict:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _np_state_from_plain(d: dict):
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
+class SpineModule(L.LightningModule):
+    """Base for the stages. Subclasses implement `training_step`/`validation_step` with `self.loss_step`."""
+
+    def __init__(
+        self,
+        model: str = "gpt2-tiny",
+        model_overrides: dict[str, Any] | None = None,
+        init_from: str | None = None,
+        vocab_size: int | None = None,
+        context_length: int | None = None,
+        pad_id: int | None = None,
+        lr: float = 4e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        scheduler: str = "cosine",
+        compile: bool = False,
+        fused_adam: bool | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model, self.tokenizer = build_model(model, model_overrides, init_from, vocab_size, context_length)
+        self.pad_id = pad_id
+        self.normalizer = TokenNormalizer()
+
+    # ------------------------------------------------------------------ setup
+    def configure_model(self) -> None:
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            # in-place compile keeps parameter names (and so checkpoints) unchanged
+            self.model.compile()
+            self._compiled = True
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
+            self.tokenizer = dm.tokenizer
+
+    def forward(self, idx: torch.Tensor, **kw) -> torch.Tensor:
+        return self.model(idx, **kw)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        h = self.hparams
+        fused = h.fused_adam
+        if fused is None:
+            fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(param_groups(self.model, h.weight_decay), lr=h.lr, betas=tuple(h.betas),
+                                fused=bool(fused))
+        if h.scheduler == "constant":
+            return opt
+        if h.scheduler != "cosine":
+            raise ValueError(f"scheduler must be 'cosine' or 'constant', got {h.scheduler!r}")
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(h.warmup_steps, max(total, 1), h.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def backward_loss(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+        """The value to return from training_step so gradients end up token-normalised per window."""
+        return self.normalizer.micro_batch(loss_sum, n_tokens)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        trainer = self.trainer
+        world = trainer.world_size
+
+        def all_reduce(t):
+            return trainer.strategy.reduce(t.to(self.device), reduce_op="sum")
+
+        self.normalizer.rescale_((p for g in optimizer.param_groups for p in g["params"]),
+                                 accumulate=trainer.accumulate_grad_batches, world_size=world,
+                                 all_reduce=all_reduce, device=self.device)
+
+    # ------------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["spine_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            # numpy's state as plain tensors/ints so the checkpoint loads with weights_only=True
+            "numpy": _np_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+        checkpoint["spine_normalizer"] = self.normalizer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("spine_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            np.random.set_state(_np_state_from_plain(rng["numpy"]))
+            random.setstate(rng["python"])
+        if "spine_normalizer" in checkpoint:
+            self.normalizer.load_state_dict(checkpoint["spine_normalizer"])

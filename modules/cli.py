@@ -1,0 +1,46 @@
+"""The `spine` command: LightningCLI for fit/validate/test/predict, jsonargparse subcommands for the rest."""
+from __future__ import annotations
+
+import sys
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _lightning_cli(args: list[str] | None) -> int:
+    import lightning.pytorch as L
+    from lightning.pytorch.cli import LightningCLI
+
+    from .base import SpineModule
+
+    class SpineCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # the data module owns the tokenizer and the windows; the model takes its shape from them
+            parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+            parser.link_arguments("data.pad_id", "model.init_args.pad_id", apply_on="instantiate")
+            parser.link_arguments("data.context_length", "model.init_args.context_length", apply_on="instantiate")
+
+    SpineCLI(
+        SpineModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `spine` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TRAINER_COMMANDS:
+        # LightningCLI reads sys.argv itself when run as a script (it warns if given both)
+        return _lightning_cli(None if argv is None else args)
+    from spine.commands import main as commands_main
+
+    return commands_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Pretraining: next-token cross-entropy normalised by target tokens, token-weighted perplexity."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+
+from spine.training import lm_loss_sum
+
+from .base import SpineModule
+
+
+class PretrainModule(SpineModule):
+    """Next-token prediction on batches {"input_ids", "targets"} (targets = inputs shifted by one).
+
+    Logs `train_loss` (token mean of the micro-batch), `val_loss` (token-weighted over the whole
+    validation set, synced across devices) and `val_ppl = exp(val_loss)`.
+    """
+
+    def __init__(self, *args: Any, chunked_ce: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.chunked_ce = chunked_ce
+        self.val_loss = MeanMetric()
+        self.flops_per_batch = 0
+
+    def _loss(self, batch):
+        return lm_loss_sum(self.model, batch["input_ids"], batch["targets"], chunked=self.chunked_ce)
+
+    def training_step(self, batch, batch_idx):
+        loss_sum, n = self._loss(batch)
+        B, T = batch["input_ids"].shape
+        self.flops_per_batch = int(self.model.config.flops_per_token(T) * B * T)
+        self.log("train_loss", loss_sum.detach() / n.clamp_min(1), prog_bar=True, batch_size=B)
+        return self.backward_loss(loss_sum, n)
+
+    def validation_step(self, batch, batch_idx):
+        loss_sum, n = self._loss(batch)
+        n = n.clamp_min(1)
+        self.val_loss.update(loss_sum / n, weight=n)
+
+    def on_validation_epoch_end(self):
+        value = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val_loss", value, prog_bar=True, sync_dist=False)
+        self.log("val_ppl", torch.exp(value.clamp(max=50.0)))
+
+    def test_step(self, batch, batch_idx):
+        return self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self):
+        value = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("test_loss", value)
+        self.log("test_ppl", torch.exp(value.clamp(max=50.0)))
+
+    def predict_step(self, batch, batch_idx):
+        return self.model(batch["input_ids"])

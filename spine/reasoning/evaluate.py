@@ -1,0 +1,126 @@
+"""The evaluation harness: problems → pipeline → graded samples → traces → summary.
+
+Every graded sample becomes one trace line; the sample that carries a problem's chosen answer is
+flagged `metadata["final"] = True` (so summaries count each problem once). A run resumes by
+skipping problem ids already complete in its trace file; a trace file written under another run
+config is refused rather than mixed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..traces import TraceWriter, read_traces, summarize, Summary
+from .pipelines import Engine, Pipeline, ProblemResult
+from .problems import Problem
+
+
+@dataclass
+class EvalReport:
+    summary: Summary
+    results: list[ProblemResult]          # results computed in this call (not those resumed from traces)
+    trace_path: Path | None
+    skipped: int                          # problems already in the trace file
+
+
+def run_config(engine: Engine, pipeline: Pipeline, *, source: str, checkpoint_sha256: str | None,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What determines the numbers of a run; its hash guards trace files against mixing."""
+    cfg = {"source": source, "checkpoint_sha256": checkpoint_sha256, "engine": engine.settings(),
+           "pipeline": pipeline.config()}
+    if extra:
+        cfg["extra"] = dict(extra)
+    return cfg
+
+
+def result_records(writer: TraceWriter, r: ProblemResult, pipeline: Pipeline, checkpoint_sha: str | None):
+    """The trace records of one problem's result (one per sample; the chosen one flagged final)."""
+    n = len(r.samples)
+    for i, s in enumerate(r.samples):
+        meta = dict(r.problem.metadata)
+        meta.pop("solution", None)  # long and not needed to reproduce the number
+        meta.update({"pipeline": pipeline.name, "n_samples": n, "final": i == r.final_index,
+                     "finish_reason": s.completion.finish_reason})
+        if i == r.final_index:
+            meta.update({"vote": r.vote, "chosen_answer": r.answer, "chosen_correct": r.correct,
+                         "problem_tokens": r.tokens, "problem_seconds": r.seconds})
+        yield writer.make_record(
+            checkpoint_sha256=checkpoint_sha, problem_id=r.problem.id, sample_index=i, prompt=r.prompt,
+            completion=s.completion.text, extracted=s.answer, extraction_method=s.method, gold=r.problem.answer,
+            # the final record carries the pipeline's verdict (for a vote: the chosen answer's)
+            correct=r.correct if i == r.final_index else s.verdict.correct,
+            rule=r.rule if i == r.final_index else s.verdict.rule,
+            tokens=s.completion.tokens, seconds=s.completion.seconds, metadata=meta)
+
+
+def evaluate(
+    problems: Sequence[Problem],
+    engine: Engine,
+    pipeline: Pipeline,
+    *,
+    trace_path: str | Path | None = None,
+    source: str = "problems",
+    checkpoint_sha256: str | None = None,
+    chunk_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Run `pipeline` over `problems`, write traces (when `trace_path`), return the summary.
+
+    Problems are processed in chunks of `chunk_size` so an interrupted run loses at most one chunk.
+    """
+    if not problems:
+        raise ValueError("evaluate: no problems given")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"evaluate: duplicate problem ids {dup}; traces key samples by problem id")
+    writer = None
+    todo = list(problems)
+    skipped = 0
+    if trace_path is not None:
+        cfg = run_config(engine, pipeline, source=source, checkpoint_sha256=checkpoint_sha256)
+        writer = TraceWriter(trace_path, run_config=cfg)
+        done = writer.done_ids()
+        todo = [p for p in problems if p.id not in done]
+        skipped = len(problems) - len(todo)
+    results: list[ProblemResult] = []
+    try:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            out = pipeline.run(engine, chunk)
+            results.extend(out)
+            if writer is not None:
+                for r in out:
+                    for rec in result_records(writer, r, pipeline, checkpoint_sha256):
+                        writer.write(rec)
+            if progress is not None:
+                progress(skipped + start + len(chunk), len(problems))
+    finally:
+        if writer is not None:
+            writer.close()
+    if trace_path is not None:
+        _, records = read_traces(trace_path)
+        wanted = set(ids)
+        summary = summarize([r for r in records if r.problem_id in wanted])
+    else:
+        summary = summarize(_in_memory_records(results, pipeline))
+    return EvalReport(summary, results, Path(trace_path) if trace_path else None, skipped)
+
+
+def _in_memory_records(results: Sequence[ProblemResult], pipeline: Pipeline):
+    class _W:  # a writer stand-in that only builds records
+        run_id, config_hash = "memory", "memory"
+
+        @staticmethod
+        def make_record(**f):
+            from ..traces import TraceRecord
+
+            f.setdefault("run_id", "memory")
+            f.setdefault("config_hash", "memory")
+            return TraceRecord(**f)
+
+    out = []
+    for r in results:
+        out.extend(result_records(_W, r, pipeline, None))
+    return out
