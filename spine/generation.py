@@ -89,17 +89,9 @@ def _fit_context(prompts, max_new_tokens, ctx, on_overflow):
     )
 
 
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick one id per row from logits (B, V): greedy at temperature 0, else filtered sampling."""
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
+def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Temperature-scaled logits with everything outside top-k / the top-p nucleus set to -inf."""
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0:
         k = min(top_k, logits.shape[-1])
@@ -112,8 +104,48 @@ def sample_next(
         drop = probs.cumsum(dim=-1) - probs >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits
+
+
+def sample_with_noise(logits: torch.Tensor, uniform: torch.Tensor | None, *, temperature: float = 0.0,
+                      top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Pick one id per row: argmax at temperature 0, else Gumbel-max over the filtered logits.
+
+    argmax(z + G) with G = -log(-log(U)) draws exactly from softmax(z). Taking the noise U as an
+    input (drawn from a seeded generator outside) keeps sampling reproducible and lets the whole
+    decode step, sampling included, be compiled into one CUDA graph.
+    """
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    z = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+    return (z + gumbel).argmax(dim=-1)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one id per row from logits (B, V): greedy at temperature 0, else filtered sampling."""
+    noise = None
+    if temperature > 0.0:
+        noise = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    return sample_with_noise(logits, noise, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def _select(logits: torch.Tensor, noise: torch.Tensor | None, vocab_size: int, temperature: float,
+            top_k: int | None, top_p: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next ids, their model log-probs) from last-position logits (B, V_padded)."""
+    last = logits.float()
+    if last.shape[-1] > vocab_size:
+        last = last.masked_fill(torch.arange(last.shape[-1], device=last.device) >= vocab_size, float("-inf"))
+    nxt = sample_with_noise(last, noise, temperature=temperature, top_k=top_k, top_p=top_p)
+    lp = F.log_softmax(last, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+    return nxt, lp
 
 
 @torch.inference_mode()
@@ -176,8 +208,9 @@ def generate(
     owns_cache = use_cache and not (shape is not None and shape[0] == B and shape[1] >= total)
     if owns_cache:
         model.setup_kv_cache(B, total)
+    fused_step = None
     if use_cache and decode_step is None and compile_decode:
-        decode_step = compiled_decode_step(model)
+        fused_step = compiled_decode_step(model, temperature, top_k, top_p)
     try:
         if use_cache:
             logits = model(idx, input_pos=torch.arange(T0, device=device), pad_lens=pad_lens, last_only=True)
@@ -194,12 +227,16 @@ def generate(
         positions = torch.arange(T0, total, device=device)
         seq = idx
         steps_run = 0
+        sampled = temperature > 0.0
+        V = logits.shape[-1]
+
+        def noise():
+            if not sampled:
+                return None
+            return torch.rand((B, V), generator=generator, device=device, dtype=torch.float32)
+
+        nxt, lp = _select(logits[:, -1, :], noise(), cfg.vocab_size, temperature, top_k, top_p)
         for step in range(max_new_tokens):
-            last = logits[:, -1, :].float()
-            if cfg.padded_vocab_size > cfg.vocab_size:
-                last[:, cfg.vocab_size:] = float("-inf")
-            nxt = sample_next(last, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            lp = F.log_softmax(last, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             out_tok[:, step] = nxt
             out_lp[:, step] = lp
@@ -212,12 +249,16 @@ def generate(
                 break
             if stop_mask is not None and (step + 1) % sync_every == 0 and bool(done.all()):
                 break
+            if use_cache and fused_step is not None:
+                nxt, lp = fused_step(nxt[:, None], positions[step:step + 1], pad_lens, noise())
+                continue
             if use_cache:
                 step_fn = decode_step or (lambda t, p, pl: model(t, input_pos=p, pad_lens=pl, last_only=True))
                 logits = step_fn(nxt[:, None], positions[step:step + 1], pad_lens)
             else:
                 seq = torch.cat([seq, nxt[:, None]], dim=1)
                 logits = model(seq, pad_lens=pad_lens, last_only=True)
+            nxt, lp = _select(logits[:, -1, :], noise(), cfg.vocab_size, temperature, top_k, top_p)
     finally:
         if owns_cache:
             model.reset_kv_cache()
@@ -231,20 +272,27 @@ def generate(
     return GenerationOutput(out_tokens, out_lps, reasons, rows, stops)
 
 
-def compiled_decode_step(model: GPT):
-    """A compiled one-token cached forward, built once per model and reused across calls.
+def compiled_decode_step(model: GPT, temperature: float = 0.0, top_k: int | None = None,
+                         top_p: float | None = None):
+    """One compiled function per (model, sampling settings): cached forward of one token + sampling.
 
-    Static shapes (one token, a fixed-size cache, positions as a tensor) let mode
-    "reduce-overhead" capture it as a CUDA graph; on CPU the default mode is used.
+    `fn(tok, pos, pad_lens, noise) -> (next ids, log-probs)`. Static shapes (one token, a fixed-size
+    cache, positions as a tensor) let mode "reduce-overhead" capture it as a CUDA graph on GPU;
+    sampling is inside the graph, its noise an input (see `sample_with_noise`).
     """
-    fn = getattr(model, "_spine_decode_step", None)
+    cache = model.__dict__.setdefault("_spine_decode_steps", {})
+    key = (float(temperature), top_k, top_p)
+    fn = cache.get(key)
     if fn is None:
-        def step(tok, pos, pad_lens):
-            return model(tok, input_pos=pos, pad_lens=pad_lens, last_only=True)
+        vocab = model.config.vocab_size
+
+        def step(tok, pos, pad_lens, noise):
+            logits = model(tok, input_pos=pos, pad_lens=pad_lens, last_only=True)
+            return _select(logits[:, -1, :], noise, vocab, temperature, top_k, top_p)
 
         mode = "reduce-overhead" if model.tok_emb.weight.is_cuda else None
         fn = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
-        model._spine_decode_step = fn
+        cache[key] = fn
     return fn
 
 
@@ -325,8 +373,9 @@ def score(
             for j, s in enumerate(seqs):
                 ids[j, :len(s)] = torch.tensor(s, dtype=torch.long, device=device)
             # right padding is harmless under causal attention: no real token sees a pad
-            logits = model(ids[:, :-1]) if T > 1 else None
-            lp_all = token_logprobs(logits, ids[:, 1:])
+            logits = model(ids[:, :-1])
+            # rows past vocab_size (pad_vocab_to) are not tokens: normalise over real ids, as generate does
+            lp_all = token_logprobs(logits[..., :cfg.vocab_size], ids[:, 1:])
             for j, (p, c) in enumerate(chunk):
                 lp = lp_all[j, len(p) - 1:len(p) - 1 + len(c)].tolist()
                 results.append(Score(sum(lp), sum(lp) / len(lp), len(lp), lp))

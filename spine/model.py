@@ -207,6 +207,13 @@ class GPT(nn.Module):
             cos, sin = rope_tables(self.config, self.config.context_length, device=device)
             self.rope_cos, self.rope_sin = cos, sin
 
+    def _apply(self, fn, recurse=True):
+        # `.to(bfloat16)`/`.half()` would also cast the rope tables; keep them float32 (recomputed),
+        # so a cast model computes exactly what a checkpoint loaded in that dtype computes.
+        super()._apply(fn, recurse)
+        self.reset_buffers()
+        return self
+
     # ------------------------------------------------------------------ KV cache
     def setup_kv_cache(self, batch_size: int, max_seq_len: int | None = None, *, dtype=None, device=None) -> None:
         """Allocate a static cache for `batch_size` rows of up to `max_seq_len` columns."""

@@ -1,0 +1,225 @@
+"""`spine` subcommands that are not a Trainer loop: generate, import-hf, export-hf, ...
+
+Each command is a typed function with a docstring, registered with `@command(name)`; the parser is
+built from the signatures with jsonargparse (as LightningCLI does), so flags, `--config file.yaml`
+and `--print_config` behave like `spine fit`. To add a command, write a function and decorate it;
+`modules.cli` routes every subcommand that is not fit/validate/test/predict to `main(argv)`.
+
+Errors a user can cause (bad path, bad flag, prompt too long, ...) print one line on stderr and
+return exit code 2; set SPINE_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from argparse import ArgumentError
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+EXIT_USAGE = 2
+DType = Optional[Literal["float32", "bfloat16", "float16"]]
+
+# name -> function; `_POSITIONAL` names commands whose required parameters are positional (SRC DST)
+COMMANDS: dict[str, Callable[..., Optional[int]]] = {}
+_POSITIONAL: set[str] = set()
+# list-typed options that may be repeated (`--prompt a --prompt b`), per command
+_REPEATABLE: dict[str, tuple[str, ...]] = {}
+
+
+def command(name: str, *, positional: bool = False, repeatable: tuple[str, ...] = ()):
+    """Register `fn` as subcommand `name` (required parameters positional when `positional`)."""
+    def register(fn: Callable[..., Optional[int]]) -> Callable[..., Optional[int]]:
+        COMMANDS[name] = fn
+        if positional:
+            _POSITIONAL.add(name)
+        if repeatable:
+            _REPEATABLE[name] = repeatable
+        return fn
+    return register
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but CUDA is not available")
+    return device
+
+
+def _check_target(dst: str, overwrite: bool) -> Path:
+    p = Path(dst).expanduser()
+    if p.exists() and (not p.is_dir() or any(p.iterdir())) and not overwrite:
+        raise FileExistsError(f"{p} already exists; pass --overwrite true to replace it")
+    return p
+
+
+# ---------------------------------------------------------------------------- commands
+@command("generate", repeatable=("prompt",))
+def generate(
+    checkpoint: str,
+    prompt: list[str],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    seed: Optional[int] = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    dtype: DType = None,
+    tokenizer: Optional[str] = None,
+    on_overflow: Literal["error", "truncate"] = "error",
+    output: Literal["text", "jsonl"] = "text",
+) -> int:
+    """Generate a completion for each prompt from a spine checkpoint.
+
+    Args:
+        checkpoint: spine checkpoint directory (see `spine import-hf` or training runs).
+        prompt: prompt text; repeat --prompt for several prompts (decoded as one batch).
+        max_new_tokens: tokens to generate per prompt.
+        temperature: 0 for greedy decoding, > 0 to sample.
+        top_k: sample only among the k most likely tokens.
+        top_p: sample only from the smallest set of tokens whose probability reaches p.
+        seed: makes sampling reproducible.
+        device: auto (CUDA when available), cpu or cuda.
+        dtype: cast the weights (default: as stored).
+        tokenizer: tokenizer name or directory, for checkpoints saved without one.
+        on_overflow: 'error' if a prompt plus max_new_tokens exceeds the context, 'truncate' keeps its last tokens.
+        output: 'text' prints each completion; 'jsonl' prints one JSON object per prompt.
+    """
+    from .checkpoint import load_checkpoint
+    from .generation import generate as run_generate
+    from .hf import parse_dtype
+    from .tokenizer import check_vocab_fits, get_tokenizer
+
+    model, tok = load_checkpoint(checkpoint, map_location=_device(device), dtype=parse_dtype(dtype))
+    if tokenizer is not None:
+        tok = get_tokenizer(tokenizer)
+        check_vocab_fits(tok, model.config.vocab_size, where=f"--tokenizer {tokenizer}")
+    if tok is None:
+        raise ValueError(f"{checkpoint} holds no tokenizer; pass --tokenizer (e.g. gpt2 or a directory)")
+    ids = [tok.encode(p) for p in prompt]
+    for i, p in enumerate(ids):
+        if not p:
+            raise ValueError(f"prompt {i} is empty; give some text")
+    out = run_generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, seed=seed, eos_id=tok.eos_id, pad_id=tok.pad_id, on_overflow=on_overflow)
+    texts = out.texts(tok)
+    for i, text in enumerate(texts):
+        if output == "jsonl":
+            print(json.dumps({"prompt": prompt[i], "completion": text, "tokens": out.tokens[i],
+                              "finish_reason": out.finish_reasons[i]}, ensure_ascii=False))
+        else:
+            if len(texts) > 1:
+                print(f"--- [{i}] {out.finish_reasons[i]}")
+            print(text)
+    return 0
+
+
+@command("import-hf", positional=True)
+def import_hf(src: str, dst: str, dtype: DType = None, overwrite: bool = False) -> int:
+    """Convert a Hugging Face GPT-2 / Qwen3 checkpoint directory into a spine checkpoint.
+
+    Args:
+        src: HF checkpoint directory (config.json + safetensors or pytorch_model.bin).
+        dst: spine checkpoint directory to write (with the tokenizer when SRC has one).
+        dtype: cast the weights (default: as stored).
+        overwrite: replace DST if it exists.
+    """
+    from .checkpoint import save_checkpoint
+    from .hf import import_hf as _import, import_hf_tokenizer, parse_dtype
+
+    target = _check_target(dst, overwrite)
+    model = _import(src, dtype=parse_dtype(dtype))
+    tok = import_hf_tokenizer(src)
+    save_checkpoint(target, model, tok, metadata={"source": "import-hf", "hf_path": str(Path(src).absolute())})
+    print(f"wrote {target}: {model.config.family} {model.num_params():,} parameters, "
+          f"tokenizer {tok.name if tok is not None else 'none'}")
+    return 0
+
+
+@command("export-hf", positional=True)
+def export_hf(src: str, dst: str, overwrite: bool = False) -> int:
+    """Export a spine checkpoint to a directory that transformers' AutoModelForCausalLM loads.
+
+    Args:
+        src: spine checkpoint directory.
+        dst: HF directory to write (config.json, model.safetensors, tokenizer files).
+        overwrite: write into DST even if it is not empty.
+    """
+    from .checkpoint import load_checkpoint
+    from .hf import export_hf as _export
+
+    target = _check_target(dst, overwrite)
+    model, tok = load_checkpoint(src)
+    _export(model, target, tok)
+    print(f"wrote {target}: HF {json.loads((target / 'config.json').read_text())['model_type']} checkpoint")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser / main
+def build_parser():
+    """jsonargparse parser with one subcommand per registered function."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="spine", description="spine tools (Trainer stages: spine fit|validate|test|"
+                            "predict)", exit_on_error=False)
+    subcommands = parser.add_subcommands(dest="subcommand")
+    for name, fn in COMMANDS.items():
+        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False)
+        sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options")
+        sub.add_function_arguments(fn, as_positional=name in _POSITIONAL)
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        subcommands.add_subcommand(name, sub, help=summary)
+    return parser
+
+
+def _expand_repeatable(argv: list[str]) -> list[str]:
+    """`--prompt a --prompt b` → a list: first occurrence sets it (JSON), later ones append (`+`)."""
+    if not argv or argv[0] not in _REPEATABLE:
+        return argv
+    out, seen, i = [argv[0]], set(), 1
+    names = {f"--{n}": n for n in _REPEATABLE[argv[0]]}
+    while i < len(argv):
+        arg, value = argv[i], None
+        key = arg.split("=", 1)[0]
+        if key in names and "=" in arg:
+            value = arg.split("=", 1)[1]
+        elif key in names and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 1
+        if value is None:
+            out.append(arg)
+        elif key in seen:
+            out += [f"{key}+", value]
+        else:
+            seen.add(key)
+            out += [key, json.dumps([value])]  # always text: never parsed as YAML
+        i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit code (0 ok, 2 usage or input error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        cfg = parser.parse_args(_expand_repeatable(argv))
+    except SystemExit as e:  # --help / --print_config
+        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else EXIT_USAGE
+    except (ArgumentError, ValueError, TypeError) as e:
+        print(f"spine: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    name = cfg.subcommand
+    kwargs = {k: v for k, v in vars(cfg[name]).items() if k != "config"}
+    try:
+        return int(COMMANDS[name](**kwargs) or 0)
+    except (ValueError, OSError, RuntimeError, ArgumentError) as e:
+        if os.environ.get("SPINE_DEBUG"):
+            raise
+        print(f"spine {name}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
