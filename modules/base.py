@@ -100,6 +100,25 @@ class SpineModule(L.LightningModule):
             self.model.compile()
             self._compiled = True
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clipping from the Trainer's `gradient_clip_val`, also with fused AdamW under bf16-mixed.
+
+        Lightning's AMP plugin refuses fused optimizers with clipping because fp16 grad scaling would
+        unscale inside the step; bf16 has no scaler, so gradients are already true gradients here.
+        """
+        if not gradient_clip_val:
+            return
+        plugin = self.trainer.precision_plugin
+        if getattr(plugin, "scaler", None) is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
@@ -124,9 +143,13 @@ class SpineModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(h.warmup_steps, max(total, 1), h.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
-    def backward_loss(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
-        """The value to return from training_step so gradients end up token-normalised per window."""
-        return self.normalizer.micro_batch(loss_sum, n_tokens)
+    def backward_loss(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor, reference: int | None = None
+                      ) -> torch.Tensor:
+        """The value to return from training_step so gradients end up token-normalised per window.
+
+        `reference`: a fixed divisor known without a GPU sync (e.g. `targets.numel()`).
+        """
+        return self.normalizer.micro_batch(loss_sum, n_tokens, reference)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         trainer = self.trainer

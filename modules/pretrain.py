@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from spine.training import lm_loss_sum
+from spine.training import make_loss_fn
 
 from .base import SpineModule
 
@@ -25,15 +25,22 @@ class PretrainModule(SpineModule):
         self.val_loss = MeanMetric()
         self.flops_per_batch = 0
 
+    def configure_model(self) -> None:
+        # compile the loss step whole (model + cross-entropy) rather than the model alone
+        if getattr(self, "_loss_fn", None) is None:
+            self._loss_fn = make_loss_fn(self.model, chunked=self.chunked_ce, compile=bool(self.hparams.compile))
+
     def _loss(self, batch):
-        return lm_loss_sum(self.model, batch["input_ids"], batch["targets"], chunked=self.chunked_ce)
+        if getattr(self, "_loss_fn", None) is None:
+            self.configure_model()
+        return self._loss_fn(batch["input_ids"], batch["targets"])
 
     def training_step(self, batch, batch_idx):
         loss_sum, n = self._loss(batch)
         B, T = batch["input_ids"].shape
         self.flops_per_batch = int(self.model.config.flops_per_token(T) * B * T)
         self.log("train_loss", loss_sum.detach() / n.clamp_min(1), prog_bar=True, batch_size=B)
-        return self.backward_loss(loss_sum, n)
+        return self.backward_loss(loss_sum, n, reference=B * T)
 
     def validation_step(self, batch, batch_idx):
         loss_sum, n = self._loss(batch)

@@ -105,45 +105,47 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1
 class TokenNormalizer:
     """Accumulates target-token counts over an accumulation window and rescales gradients once.
 
-    Usage per micro-batch: `loss_for_backward = normalizer.micro_batch(loss_sum, n_tokens)`;
+    Usage per micro-batch: `loss_for_backward = normalizer.micro_batch(loss_sum, n_tokens, reference)`;
     before the optimizer step: `normalizer.rescale_(params, accumulate, world_size, all_reduce)`.
+    Counts stay on the device: nothing here waits for the GPU.
     """
 
     reference: float | None = None
-    tokens: float = 0.0
+    tokens: torch.Tensor | float = 0.0
 
-    def micro_batch(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor | int) -> torch.Tensor:
-        n = float(n_tokens)
+    def micro_batch(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor | int,
+                    reference: int | None = None) -> torch.Tensor:
+        """`reference` (e.g. targets.numel()) fixes the divisor on the first call without a host sync."""
         if self.reference is None:
             # a fixed divisor keeps backward magnitudes ordinary; its value cancels in rescale_
-            self.reference = max(n, 1.0)
-        self.tokens += n
+            self.reference = float(reference) if reference else max(float(n_tokens), 1.0)
+        n = n_tokens.detach().to(torch.float64) if isinstance(n_tokens, torch.Tensor) else float(n_tokens)
+        self.tokens = self.tokens + n
         return loss_sum / self.reference
 
     @torch.no_grad()
     def rescale_(self, params: Iterable[torch.Tensor], accumulate: int, world_size: int = 1,
                  all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 device: torch.device | None = None) -> float:
+                 device: torch.device | None = None) -> torch.Tensor:
         """Scale grads so the step equals token-mean loss over the window (all ranks). Returns the factor.
 
         The trainer divided each micro-batch loss by `accumulate` and DDP averaged over
         `world_size`; both are undone here and replaced by the global token count.
         """
-        tokens = torch.tensor(self.tokens, dtype=torch.float64, device=device)
+        tokens = torch.as_tensor(self.tokens, dtype=torch.float64, device=device)
         if all_reduce is not None and world_size > 1:
             tokens = all_reduce(tokens)
-        total = float(tokens)
         self.tokens = 0.0
-        if self.reference is None or total <= 0:
-            return 1.0
-        factor = self.reference * accumulate * world_size / total
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(factor)
+        if self.reference is None:
+            return torch.ones((), device=device)
+        factor = (self.reference * accumulate * world_size / tokens.clamp_min(1.0)).to(torch.float32)
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, factor.to(grads[0].device))
         return factor
 
     def state_dict(self) -> dict:
-        return {"reference": self.reference, "tokens": self.tokens}
+        return {"reference": self.reference, "tokens": float(self.tokens)}
 
     def load_state_dict(self, state: dict) -> None:
         self.reference = state.get("reference")
@@ -160,3 +162,17 @@ def lm_loss_sum(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor
         hidden = model(input_ids, return_hidden=True)
         return chunked_cross_entropy_sum(hidden, model.lm_head, targets, chunk_size=chunk_size)
     return cross_entropy_sum(model(input_ids), targets)
+
+
+def make_loss_fn(model: nn.Module, *, chunked: bool = False, compile: bool = False,
+                 chunk_size: int = 4096) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """`fn(input_ids, targets) -> (loss_sum, n_tokens)` for a `GPT`, optionally torch.compile'd whole.
+
+    Compiling the model *and* the cross-entropy as one graph lets the compiler fuse the float32
+    log-softmax into the head's output instead of materialising (B, T, V) float32 logits.
+    Parameter names are untouched (the model itself is not wrapped), so checkpoints are unchanged.
+    """
+    def fn(input_ids: torch.Tensor, targets: torch.Tensor):
+        return lm_loss_sum(model, input_ids, targets, chunked=chunked, chunk_size=chunk_size)
+
+    return torch.compile(fn) if compile else fn

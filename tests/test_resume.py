@@ -19,6 +19,7 @@ trainer:
   accelerator: cpu
   devices: 1
   max_steps: 14
+  default_root_dir: {root}
   limit_val_batches: 0
   log_every_n_steps: 1
   logger: false

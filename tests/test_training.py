@@ -75,7 +75,7 @@ def test_token_normalizer_factor():
     factor = norm.rescale_(params, accumulate=2)
     # d/dp of (sum_i n_i * sum(p)) / (n_1 + n_2) = 1 for each element
     assert torch.allclose(params[0].grad, torch.ones(3))
-    assert factor == pytest.approx(10 * 2 / 40)
+    assert float(factor) == pytest.approx(10 * 2 / 40)
     assert norm.tokens == 0.0
 
 
@@ -88,7 +88,7 @@ class _GradProbe(SpineModule):
 
     def training_step(self, batch, batch_idx):
         loss_sum, n = lm_loss_sum(self.model, batch["input_ids"], batch["targets"])
-        return self.backward_loss(loss_sum, n)
+        return self.backward_loss(loss_sum, n, reference=batch["targets"].numel())
 
     def on_before_optimizer_step(self, optimizer):
         super().on_before_optimizer_step(optimizer)

@@ -1,0 +1,112 @@
+"""Decoding on one GPU: `spine.generate` vs HF `generate`, same random weights, same process.
+
+64-token prompts, 256 new tokens, top-k sampling, batch 1 and 64, bf16 weights. Reports tokens/s
+(generated tokens over wall time), time to first token (prefill + first sample) and time per output
+token (the rest, divided by 255), each the median of --reps runs after warm-up.
+
+    python bench/decode_throughput.py --model gpt2-124m --batches 1,64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spine.config import ModelConfig  # noqa: E402
+from spine.generation import generate  # noqa: E402
+from spine.model import GPT  # noqa: E402
+
+
+def timed(fn, reps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2-124m")
+    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--prompt_len", type=int, default=64)
+    ap.add_argument("--new_tokens", type=int, default=256)
+    ap.add_argument("--top_k", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--variants", default="spine,spine_eager,hf")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    ctx = args.prompt_len + args.new_tokens
+    cfg = ModelConfig.from_preset(args.model, context_length=1024 if args.model.startswith("gpt2") else 2048)
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda().to(torch.bfloat16).eval()
+    hf_model = None
+    if "hf" in args.variants:
+        import transformers
+
+        from spine.hf import export_hf
+
+        tmp = Path("/tmp/spine-bench-hf")
+        export_hf(model.float(), tmp)
+        model = model.to(torch.bfloat16)
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=torch.bfloat16,
+                                                                     attn_implementation="sdpa").cuda().eval()
+    rows = []
+    for B in [int(b) for b in args.batches.split(",")]:
+        g = torch.Generator().manual_seed(B)
+        prompts = torch.randint(0, cfg.vocab_size, (B, args.prompt_len), generator=g)
+        for variant in args.variants.split(","):
+            if variant.startswith("spine"):
+                compiled = variant == "spine"
+                model.setup_kv_cache(B, ctx)  # reused across calls: static shapes for the CUDA graph
+
+                def run(n):
+                    return generate(model, prompts, max_new_tokens=n, temperature=1.0, top_k=args.top_k, seed=0,
+                                    compile_decode=compiled, sync_every=10**9)
+            else:
+                ids = prompts.cuda()
+
+                def run(n):
+                    with torch.inference_mode():
+                        return hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                                 top_k=args.top_k, max_new_tokens=n, min_new_tokens=n,
+                                                 pad_token_id=0)
+            total = timed(lambda: run(args.new_tokens), args.reps, args.warmup)
+            ttft = timed(lambda: run(1), args.reps, args.warmup)
+            if variant.startswith("spine"):
+                model.reset_kv_cache()
+            tpot = (total - ttft) / (args.new_tokens - 1)
+            row = {"variant": variant, "batch": B, "tokens_per_s": B * args.new_tokens / total,
+                   "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "total_s": total}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{args.model} prompt {args.prompt_len} new {args.new_tokens} top_k {args.top_k} bf16 "
+          f"{torch.cuda.get_device_name()} torch {torch.__version__}")
+    print("| variant | batch | tokens/s | TTFT ms | TPOT ms |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['ttft_ms']:.1f} | {r['tpot_ms']:.2f} |")
+    by = {(r["variant"], r["batch"]): r["tokens_per_s"] for r in rows}
+    for B in [int(b) for b in args.batches.split(",")]:
+        if ("spine", B) in by and ("hf", B) in by:
+            print(f"batch {B}: spine / hf = {by[('spine', B)] / by[('hf', B)]:.1f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Training throughput on one GPU: spine (Trainer + data module) vs a plain loop over the spine core vs HF.
+
+All variants run in this one process on the same GPU, same shape, batch, precision (bf16 autocast),
+torch.compile and fused AdamW; each is timed per optimizer step (CUDA-synchronised) after warm-up, and
+the median over the timed steps is reported with tokens/s and MFU against --peak_tflops.
+
+    python bench/train_throughput.py --model gpt2-124m --batch 16 --steps 30 --warmup 10
+    python bench/train_throughput.py --model qwen3-0.6b --batch 8
+
+Data for the Trainer variant: the pretraining data module over the synthetic corpus with the GPT-2
+tokenizer (--vocab_dir) for GPT-2 shapes, or random windows of a synthetic token file for Qwen3 shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spine.config import ModelConfig  # noqa: E402
+from spine.model import GPT  # noqa: E402
+from spine.training import make_loss_fn, param_groups  # noqa: E402
+
+
+def median_step_time(step_fn, steps: int, warmup: int) -> tuple[float, list[float]]:
+    times = []
+    for i in range(warmup + steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step_fn()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def make_batch(cfg: ModelConfig, B: int, T: int, device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g)
+    return {"input_ids": ids[:, :-1].to(device), "targets": ids[:, 1:].to(device)}
+
+
+def bench_plain(cfg, B, T, args, loader=None) -> float:
+    """The spine core in a hand-written loop (no Lightning): the reference for Lightning's overhead."""
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda()
+    if args.compile and args.compile_scope == "model":
+        model.compile()
+    loss_fn = make_loss_fn(model, chunked=args.chunked_ce, compile=bool(args.compile) and args.compile_scope == "loss")
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=True)
+    batch = make_batch(cfg, B, T, "cuda")
+    it = iter(loader) if loader is not None else None
+
+    def step():
+        nonlocal it
+        b = batch
+        if it is not None:
+            try:
+                b = next(it)
+            except StopIteration:
+                it = iter(loader)
+                b = next(it)
+            b = {k: v.cuda(non_blocking=True) for k, v in b.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss_sum, n = loss_fn(b["input_ids"], b["targets"])
+        (loss_sum / n).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t, _ = median_step_time(step, args.steps, args.warmup)
+    del model, opt
+    return t
+
+
+def bench_hf(cfg, B, T, args) -> float | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    from spine.hf import config_to_hf
+
+    hf_cfg = config_to_hf(cfg.replace(pad_vocab_to=1))
+    torch.manual_seed(0)
+    if cfg.family == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg, attn_implementation="sdpa"))
+    else:
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**hf_cfg, attn_implementation="sdpa"))
+    model = model.cuda().train()
+    if args.compile:
+        model = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
+    batch = make_batch(cfg, B, T, "cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(input_ids=batch["input_ids"], labels=batch["input_ids"])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t, _ = median_step_time(step, args.steps, args.warmup)
+    del model, opt
+    return t
+
+
+def bench_trainer(cfg, B, T, args) -> float:
+    """`spine fit` path: PretrainModule + PretrainDataModule through Lightning's Trainer."""
+    import lightning.pytorch as L
+
+    from datamodules.pretrain import PretrainDataModule
+    from modules.pretrain import PretrainModule
+
+    class StepTimer(L.Callback):
+        def __init__(self):
+            self.times, self.t0 = [], None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.t0)
+
+    if cfg.family == "gpt2":
+        dm = PretrainDataModule(source="synthetic", tokenizer="gpt2", vocab_dir=args.vocab_dir, context_length=T,
+                                sampling="random", samples_per_epoch=B * (args.steps + args.warmup + 2),
+                                batch_size=B, synthetic_problems=20000, num_workers=2, cache_dir=args.cache_dir)
+    else:
+        dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=T, sampling="random",
+                                samples_per_epoch=B * (args.steps + args.warmup + 2), batch_size=B,
+                                synthetic_problems=20000, num_workers=2, cache_dir=args.cache_dir)
+    overrides = {k: v for k, v in cfg.to_dict().items() if k not in ("name",)}
+    overrides.pop("vocab_size")
+    overrides.pop("context_length")
+    module = PretrainModule(model=args.model, model_overrides=overrides, vocab_size=cfg.vocab_size,
+                            context_length=T, lr=1e-4, compile=bool(args.compile), fused_adam=True,
+                            chunked_ce=args.chunked_ce, scheduler="cosine")
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cuda", devices=1, precision="bf16-mixed", max_steps=args.steps + args.warmup,
+                        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
+    trainer.fit(module, dm)
+    t = statistics.median(timer.times[args.warmup:])
+    del module, trainer
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2-124m")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--compile", type=int, default=1)
+    ap.add_argument("--chunked_ce", type=int, default=0)
+    ap.add_argument("--compile_scope", default="loss", choices=["loss", "model"])
+    ap.add_argument("--pad_vocab_to", type=int, default=64)
+    ap.add_argument("--variants", default="trainer,plain,plain_loader,hf")
+    ap.add_argument("--vocab_dir", default=".devdata/gpt2-bpe")
+    ap.add_argument("--cache_dir", default="/tmp/spine-cache")
+    ap.add_argument("--peak_tflops", type=float, default=989.0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    B, T = args.batch, args.ctx
+    cfg = ModelConfig.from_preset(args.model, context_length=max(T, 1024) if args.model.startswith("gpt2") else T,
+                                  pad_vocab_to=args.pad_vocab_to)
+    fpt = cfg.flops_per_token(T)
+    rows = []
+    for variant in args.variants.split(","):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        if variant == "trainer":
+            t = bench_trainer(cfg, B, T, args)
+        elif variant == "plain":
+            t = bench_plain(cfg, B, T, args)
+        elif variant == "plain_loader":
+            from datamodules.pretrain import PretrainDataModule
+
+            dm = PretrainDataModule(source="synthetic", tokenizer="gpt2" if cfg.family == "gpt2" else "byte",
+                                    vocab_dir=args.vocab_dir, context_length=T, sampling="random",
+                                    samples_per_epoch=B * 1000, batch_size=B, synthetic_problems=20000,
+                                    num_workers=2, cache_dir=args.cache_dir)
+            dm.prepare_data()
+            dm.setup("fit")
+            t = bench_plain(cfg, B, T, args, loader=dm.train_dataloader())
+        elif variant == "hf":
+            t = bench_hf(cfg.replace(pad_vocab_to=1), B, T, args)
+            if t is None:
+                continue
+        else:
+            raise SystemExit(f"unknown variant {variant}")
+        tok_s = B * T / t
+        mfu = fpt * tok_s / (args.peak_tflops * 1e12)
+        mem = torch.cuda.max_memory_allocated() / 2**30
+        rows.append({"variant": variant, "step_ms": t * 1e3, "tokens_per_s": tok_s, "mfu": mfu, "peak_mem_gib": mem})
+        print(json.dumps(rows[-1]), flush=True)
+    base = {r["variant"]: r["tokens_per_s"] for r in rows}
+    print(f"\n{args.model} B={B} T={T} compile={args.compile}/{args.compile_scope} chunked_ce={args.chunked_ce} "
+          f"pad_vocab_to={args.pad_vocab_to} {torch.cuda.get_device_name()} torch {torch.__version__}")
+    print("| variant | step ms | tokens/s | MFU | peak GiB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
+    if "hf" in base and "trainer" in base:
+        print(f"trainer / hf = {base['trainer'] / base['hf']:.2f}x")
+    if "plain" in base and "trainer" in base:
+        print(f"lightning overhead = {1 - base['trainer'] / base['plain']:.1%}")
+    if "plain" in base and "plain_loader" in base:
+        print(f"real loader / batch on GPU = {base['plain_loader'] / base['plain']:.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
