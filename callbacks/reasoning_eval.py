@@ -6,11 +6,12 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from spine.reasoning.evaluate import evaluate
 from spine.reasoning.pipelines import Engine, make_pipeline
 from spine.reasoning.problems import load_problems
+from spine.reasoning.prompts import render_prompt
 from spine.traces import format_summary
 
 
@@ -22,6 +23,9 @@ class ReasoningEval(L.Callback):
     (default trace_dir: `<log_dir>/traces`). Under DDP each rank evaluates a disjoint share
     (rank r takes problems r, r+W, …, and writes its own trace file); correct counts are summed
     across ranks once, so every rank logs the same accuracy. Results are kept in `self.results`.
+    A trace's run config records the global step (the weights are those of that step), so a fit
+    resumed from a checkpoint re-evaluating the same step resumes the same file. Metrics go to
+    the loggers directly: `self.log` is not allowed in `on_fit_end`.
     """
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
@@ -30,7 +34,18 @@ class ReasoningEval(L.Callback):
                  every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
                  limit: int | None = None):
         self.source = problems
-        self.pipeline_specs = pipelines or [{"name": "greedy"}]
+        self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
+        for spec in self.pipeline_specs:  # a typo in a pipeline should fail before training, not after
+            if "name" not in spec:
+                raise ValueError(f"ReasoningEval: each pipeline needs a 'name' (greedy or sc), got {spec}")
+            args = {k: v for k, v in spec.items() if k != "name"}
+            try:
+                make_pipeline(spec["name"], **args)
+            except TypeError as e:
+                raise ValueError(f"ReasoningEval: bad options for pipeline {spec['name']!r}: {e}") from None
+        render_prompt("x", template)  # unknown template: fail now, listing the known ones
+        if limit is not None and limit < 1:
+            raise ValueError(f"ReasoningEval: limit must be >= 1 (or None), got {limit}")
         self.engine_args = dict(template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 stop_strings=stop_strings if stop_strings is not None else ["\nQuestion:"])
         self.every_n_steps, self.at_fit_end = every_n_steps, at_fit_end
@@ -45,7 +60,11 @@ class ReasoningEval(L.Callback):
         return f"{name}{spec['n']}" if "n" in spec else name
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step == self._last_step or getattr(pl_module, "tokenizer", None) is None:
+        if trainer.global_step == self._last_step:
+            return
+        if getattr(pl_module, "tokenizer", None) is None:
+            rank_zero_warn("ReasoningEval: the module has no tokenizer (neither its checkpoint nor the data "
+                           "module gave one); skipping reasoning evaluation")
             return
         self._last_step = trainer.global_step
         if self._problems is None:
@@ -60,10 +79,13 @@ class ReasoningEval(L.Callback):
             pipeline = make_pipeline(spec.pop("name"), **spec)
             suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
             path = out_dir / f"{label}-step{trainer.global_step}{suffix}.jsonl"
-            report = evaluate(shard, engine, pipeline, trace_path=path, source=self.source)
-            s = report.summary
-            counts = torch.tensor([float(s.n_correct), float(s.n), float(s.total_tokens), float(s.total_seconds)],
-                                  device=pl_module.device)
+            s = None
+            if shard:  # more ranks than problems leaves some ranks without any, yet they must reduce
+                report = evaluate(shard, engine, pipeline, trace_path=path, source=self.source,
+                                  extra={"global_step": trainer.global_step})
+                s = report.summary
+            local = [float(s.n_correct), float(s.n), float(s.total_tokens), float(s.total_seconds)] if s else [0.0] * 4
+            counts = torch.tensor(local, dtype=torch.float64, device=pl_module.device)
             if trainer.world_size > 1:
                 counts = trainer.strategy.reduce(counts, reduce_op="sum")
             n_correct, n, tokens, seconds = counts.tolist()
@@ -78,9 +100,10 @@ class ReasoningEval(L.Callback):
                                  "tokens_per_problem": tokens / max(n, 1), "seconds_per_problem": seconds / max(n, 1),
                                  "trace": str(path)})
             if trainer.is_global_zero:
+                table = f"\n{format_summary(s)}" if s is not None and trainer.world_size == 1 else ""
                 rank_zero_info(f"[reasoning eval @ step {trainer.global_step}] {label}: accuracy {acc:.3f} "
-                               f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem\n"
-                               f"{format_summary(s)}\ntraces: {path}")
+                               f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem{table}\n"
+                               f"traces: {path}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:

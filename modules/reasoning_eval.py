@@ -6,12 +6,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import SumMetric
 
-from spine.checkpoint import checkpoint_sha256
-from spine.reasoning.evaluate import result_records, run_config
+from spine.reasoning.evaluate import checkpoint_identity, result_records, run_config, source_identity
 from spine.reasoning.pipelines import Engine, make_pipeline
-from spine.traces import TraceWriter, format_summary, read_traces, summarize
+from spine.reasoning.problems import Problem
+from spine.reasoning.prompts import render_prompt
+from spine.traces import TraceWriter, final_records, format_summary, read_traces, summarize
 
 from .base import SpineModule
 
@@ -19,23 +19,36 @@ from .base import SpineModule
 class ReasoningEvalModule(SpineModule):
     """Evaluation-only stage: `init_from` a spine checkpoint (or `hf:PATH`), then validate/test.
 
-    Traces go to `trace_path` (rank r of a multi-process run writes `<stem>.rank{r}.jsonl`); a rerun
-    with the same config resumes by skipping finished problems.
+    Batches are lists of `Problem`s from `datamodules.ReasoningDataModule`. Logs `val_acc` /
+    `test_acc` (each problem counted once, across all devices). Traces go to `trace_path` (rank r
+    of a multi-process run writes `<stem>.rank{r}<suffix>`); a rerun with the same config resumes
+    by skipping finished problems, whose recorded verdicts still count. `tokenizer` names one
+    (e.g. "gpt2" or a directory) for checkpoints saved without theirs.
     """
 
     def __init__(self, *args: Any, pipeline: str = "greedy", pipeline_args: dict[str, Any] | None = None,
                  template: str = "math", chat: bool = False, enable_thinking: bool = False,
                  max_new_tokens: int = 256, gen_batch_size: int = 32, stop_strings: list[str] | None = None,
-                 trace_path: str | None = None, **kwargs: Any):
+                 trace_path: str | None = None, tokenizer: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if not self.hparams.init_from:
+            # an untrained preset would "evaluate" to ~0% without complaint: require real weights
+            raise ValueError("ReasoningEvalModule needs init_from: a spine checkpoint directory or hf:PATH")
         self.pipeline = make_pipeline(pipeline, **(pipeline_args or {}))
         self.engine_args = dict(template=template, chat=chat, enable_thinking=enable_thinking,
                                 max_new_tokens=max_new_tokens, batch_size=gen_batch_size,
                                 stop_strings=stop_strings or [])
+        render_prompt("x", template)  # an unknown template fails at construction, listing the known ones
+        if tokenizer is not None:
+            from spine.tokenizer import check_vocab_fits, get_tokenizer
+
+            self.tokenizer = get_tokenizer(tokenizer)
+            check_vocab_fits(self.tokenizer, self.model.config.vocab_size, where=f"tokenizer={tokenizer}")
         self.trace_path = trace_path
-        self.n_correct = SumMetric()
-        self.n_total = SumMetric()
         self._writer: TraceWriter | None = None
+        self._recorded: dict[str, bool] = {}  # problem id -> verdict, for problems resumed from the trace file
+        self._seen: set[str] = set()
+        self._counts = [0, 0]  # correct, total: plain ints, summed across ranks once at the end
 
     def _trace_file(self) -> Path | None:
         if not self.trace_path:
@@ -46,52 +59,78 @@ class ReasoningEvalModule(SpineModule):
         return p
 
     def _start(self) -> None:
-        self.engine = Engine(self.model, self.tokenizer, **self.engine_args)
         init = self.hparams.init_from
-        self.ckpt_sha = checkpoint_sha256(init) if init and not init.startswith("hf:") else None
+        if self.tokenizer is None:
+            raise ValueError(f"checkpoint {init} has no tokenizer; pass model.init_args.tokenizer (e.g. gpt2 or a "
+                             "directory) or save the checkpoint with its tokenizer")
+        self.engine = Engine(self.model, self.tokenizer, **self.engine_args)
+        self.ckpt_sha = checkpoint_identity(init) if init else None
+        self._counts = [0, 0]
+        self._recorded = {}
+        self._seen = set()
         path = self._trace_file()
         if path is not None:
-            dm = self.trainer.datamodule
-            cfg = run_config(self.engine, self.pipeline, source=str(getattr(dm, "source", "")),
-                             checkpoint_sha256=self.ckpt_sha)
+            source, extra = source_identity(getattr(self.trainer.datamodule, "source", ""))
+            # after the precision plugin's conversion (e.g. bf16-true): bf16 and fp32 answers differ
+            extra["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+            cfg = run_config(self.engine, self.pipeline, source=source, checkpoint_sha256=self.ckpt_sha, extra=extra)
             self._writer = TraceWriter(path, run_config=cfg)
+            if self._writer.resumed:
+                _, records = read_traces(path)
+                self._recorded = {pid: bool(r.correct) for pid, r in final_records(records).items()}
 
-    def _step(self, problems) -> None:
-        if self._writer is not None:
-            done = self._writer.done_ids()
-            problems = [p for p in problems if p.id not in done]
-        if not problems:
+    def _step(self, problems: list[Problem]) -> None:
+        done = self._writer.done_ids() if self._writer is not None else set()
+        todo = []
+        self._seen.update(p.id for p in problems)
+        for p in problems:
+            if p.id in done and p.id in self._recorded:  # resumed: its verdict counts, nothing to run
+                self._counts[0] += self._recorded[p.id]
+                self._counts[1] += 1
+            else:
+                todo.append(p)
+        if not todo:
             return
-        results = self.pipeline.run(self.engine, problems)
-        for r in results:
+        for r in self.pipeline.run(self.engine, todo):
             if self._writer is not None:
                 for rec in result_records(self._writer, r, self.pipeline, self.ckpt_sha):
                     self._writer.write(rec)
-            self.n_correct.update(torch.tensor(float(r.correct)))
-            self.n_total.update(torch.tensor(1.0))
+            self._counts[0] += bool(r.correct)
+            self._counts[1] += 1
 
     def _end(self, prefix: str) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        total = self.n_total.compute()
-        acc = self.n_correct.compute() / total.clamp_min(1)
-        self.n_correct.reset()
-        self.n_total.reset()
+        counts = torch.tensor(self._counts, dtype=torch.float64, device=self.device)
+        world = self.trainer.world_size
+        if world > 1:
+            # every rank reaches epoch end, so one collective here is safe (steps may differ per rank)
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        n_correct, total = counts.tolist()
+        acc = n_correct / max(total, 1.0)
         path = self._trace_file()
-        if path is not None and path.exists():
-            _, records = read_traces(path)
-            summary = summarize(records)
-            if self.trainer.world_size == 1:
-                # includes problems resumed from the trace file, not only those run now
-                acc = torch.tensor(summary.accuracy)
-            rank_zero_info(f"\n{format_summary(summary)}\ntraces: {path}")
-        self.log(f"{prefix}_acc", acc)
+        if path is not None:
+            if world > 1:
+                self.trainer.strategy.barrier()  # all rank files complete before rank 0 reads them
+            if self.trainer.is_global_zero:
+                paths = [path] if world == 1 else [path.with_name(f"{Path(self.trace_path).stem}.rank{r}{path.suffix}")
+                                                   for r in range(world)]
+                records = [rec for p in paths if p.exists() for rec in read_traces(p)[1]]
+                if world == 1:  # the table covers this run's problems (a file may hold more from a longer run)
+                    records = [rec for rec in records if rec.problem_id in self._seen]
+                if records:
+                    rank_zero_info(f"\n{format_summary(summarize(records))}\ntraces: "
+                                   f"{', '.join(str(p) for p in paths)}")
+        # the values are already global (equal on every rank): sync_dist's mean leaves them unchanged and
+        # silences Lightning's warning for epoch-level logging under a distributed strategy
+        self.log(f"{prefix}_acc", torch.tensor(acc, device=self.device), sync_dist=True)
+        self.log(f"{prefix}_problems", torch.tensor(total, device=self.device), sync_dist=True)
 
     def on_validation_start(self) -> None:
         self._start()
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: list[Problem], batch_idx: int) -> None:
         self._step(batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -100,7 +139,7 @@ class ReasoningEvalModule(SpineModule):
     def on_test_start(self) -> None:
         self._start()
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: list[Problem], batch_idx: int) -> None:
         self._step(batch)
 
     def on_test_epoch_end(self) -> None:

@@ -1,4 +1,4 @@
-"""`spine` subcommands that are not a Trainer loop: generate, import-hf, export-hf, ...
+"""`spine` subcommands that are not a Trainer loop: generate, import-hf, export-hf, eval, report.
 
 Each command is a typed function with a docstring, registered with `@command(name)`; the parser is
 built from the signatures with jsonargparse (as LightningCLI does), so flags, `--config file.yaml`
@@ -25,16 +25,22 @@ COMMANDS: dict[str, Callable[..., Optional[int]]] = {}
 _POSITIONAL: set[str] = set()
 # list-typed options that may be repeated (`--prompt a --prompt b`), per command
 _REPEATABLE: dict[str, tuple[str, ...]] = {}
+# command -> (parameter, help): a list parameter taken as one or more positional words (`report A B`)
+_VARIADIC: dict[str, tuple[str, str]] = {}
 
 
-def command(name: str, *, positional: bool = False, repeatable: tuple[str, ...] = ()):
-    """Register `fn` as subcommand `name` (required parameters positional when `positional`)."""
+def command(name: str, *, positional: bool = False, repeatable: tuple[str, ...] = (),
+            variadic: tuple[str, str] | None = None):
+    """Register `fn` as subcommand `name` (required parameters positional when `positional`;
+    `variadic=(param, help)` makes the list parameter `param` take all positional words)."""
     def register(fn: Callable[..., Optional[int]]) -> Callable[..., Optional[int]]:
         COMMANDS[name] = fn
         if positional:
             _POSITIONAL.add(name)
         if repeatable:
             _REPEATABLE[name] = repeatable
+        if variadic:
+            _VARIADIC[name] = variadic
         return fn
     return register
 
@@ -158,6 +164,164 @@ def export_hf(src: str, dst: str, overwrite: bool = False) -> int:
     return 0
 
 
+def _load_for_eval(checkpoint: str, device: str, dtype: DType, tokenizer: Optional[str]):
+    """(model, tokenizer) from a spine checkpoint directory or `hf:PATH`, on `device`."""
+    from .hf import parse_dtype
+    from .tokenizer import check_vocab_fits, get_tokenizer
+
+    dev, dt = _device(device), parse_dtype(dtype)
+    if checkpoint.startswith("hf:"):
+        from .hf import import_hf as _import, import_hf_tokenizer
+
+        model = _import(checkpoint[3:], dtype=dt).to(dev)
+        tok = import_hf_tokenizer(checkpoint[3:])
+    else:
+        from .checkpoint import load_checkpoint
+
+        model, tok = load_checkpoint(checkpoint, map_location=dev, dtype=dt)
+    if tokenizer is not None:
+        tok = get_tokenizer(tokenizer)
+        check_vocab_fits(tok, model.config.vocab_size, where=f"--tokenizer {tokenizer}")
+    if tok is None:
+        raise ValueError(f"checkpoint {checkpoint} has no tokenizer; pass --tokenizer NAME_OR_DIR (e.g. gpt2, "
+                         "byte) or save the checkpoint with its tokenizer")
+    return model.eval(), tok
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+    return "-".join(filter(None, keep.split("-")))[:40] or "run"
+
+
+@command("eval", repeatable=("stop_strings",))
+def eval_(
+    checkpoint: str,
+    problems: str,
+    format: Literal["auto", "math500", "gsm8k", "json", "jsonl", "synthetic"] = "auto",
+    prompt_field: Optional[str] = None,
+    answer_field: Optional[str] = None,
+    id_field: Optional[str] = None,
+    limit: Optional[int] = None,
+    template: str = "math",
+    chat: bool = False,
+    enable_thinking: bool = False,
+    pipeline: Literal["greedy", "sc"] = "greedy",
+    n: int = 8,
+    temperature: Optional[float] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    seed: int = 0,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    stop_strings: Optional[list[str]] = None,
+    traces: Optional[str] = None,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    dtype: DType = None,
+    tokenizer: Optional[str] = None,
+) -> int:
+    """Evaluate a checkpoint on reasoning problems: generate, extract, grade, write traces, summarize.
+
+    Args:
+        checkpoint: spine checkpoint directory, or hf:PATH for a Hugging Face checkpoint directory.
+        problems: problem file (MATH-500 JSON, GSM8K JSONL, generic JSON/JSONL), HF dataset name, or a
+            synthetic spec such as "synthetic:level=1,n=50,seed=7,split=eval".
+        format: problem format; auto sniffs it from the records' fields.
+        prompt_field: record field holding the question (generic json/jsonl files).
+        answer_field: record field holding the gold answer (generic json/jsonl files).
+        id_field: record field holding a unique id (generic json/jsonl files; default: file stem + index).
+        limit: evaluate only the first LIMIT problems.
+        template: prompt template (math, math_cot, plain, synthetic).
+        chat: wrap the prompt in the tokenizer's chat template (Qwen3).
+        enable_thinking: let a chat model think (<think>...</think>) before answering.
+        pipeline: greedy (one sample per problem) or sc (self-consistency: N samples, majority vote).
+        n: samples per problem for sc.
+        temperature: sampling temperature (default 0 for greedy, 0.8 for sc).
+        top_k: sample only among the k most likely tokens.
+        top_p: sample only from the smallest set of tokens whose probability reaches p.
+        seed: seed of the sampling noise.
+        max_new_tokens: tokens generated per sample.
+        batch_size: prompts (samples) decoded together.
+        stop_strings: cut each completion at the first of these (repeat the flag for several; text is
+            literal, so give a newline as $'\\n...' in bash or in a --config YAML file); default
+            "\\nQuestion:" for the synthetic template, none otherwise.
+        traces: trace JSONL file; a rerun with the same settings resumes it, other settings are refused
+            (default: runs/eval/<checkpoint>-<pipeline>-<config hash>.jsonl).
+        device: auto (CUDA when available), cpu or cuda.
+        dtype: cast the weights (default: as stored).
+        tokenizer: tokenizer name or directory, for checkpoints saved without one.
+    """
+    from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
+    from .reasoning.pipelines import Engine, make_pipeline
+    from .reasoning.problems import load_problems
+    from .reasoning.prompts import render_prompt
+    from .traces import config_hash, format_summary
+
+    # cheap checks first: a typo should not cost a model load
+    render_prompt("x", template)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    fields = {k: v for k, v in (("prompt_field", prompt_field), ("answer_field", answer_field),
+                                ("id_field", id_field)) if v is not None}
+    try:
+        probs = load_problems(problems, format=format, **fields)
+    except TypeError as e:  # option combinations the loader rejects
+        raise ValueError(str(e)) from None
+    probs = probs[:limit] if limit else probs
+    source, extra = source_identity(problems)
+    if tokenizer is not None:
+        extra["tokenizer"] = tokenizer
+
+    model, tok = _load_for_eval(checkpoint, device, dtype, tokenizer)
+    extra["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # bf16 and fp32 answers differ
+    if stop_strings is None:
+        stop_strings = ["\nQuestion:"] if template == "synthetic" else []
+    engine = Engine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, stop_strings=stop_strings)
+    kwargs: dict = {"top_k": top_k, "top_p": top_p, "seed": seed}
+    if temperature is not None:
+        kwargs["temperature"] = temperature
+    if pipeline == "sc":
+        kwargs["n"] = n
+    pipe = make_pipeline(pipeline, **kwargs)
+    sha = checkpoint_identity(checkpoint)
+    if traces is None:
+        cfg = run_config(engine, pipe, source=source, checkpoint_sha256=sha, extra=extra)
+        label = f"sc{n}" if pipeline == "sc" else pipeline
+        name = Path(checkpoint[3:] if checkpoint.startswith("hf:") else checkpoint).expanduser().resolve().name
+        traces = str(Path("runs") / "eval" / f"{_slug(name)}-{label}-{config_hash(cfg)[:8]}.jsonl")
+
+    def progress(done: int, total: int) -> None:
+        print(f"[spine eval] {done}/{total} problems", file=sys.stderr, flush=True)
+
+    report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
+                      chunk_size=max(1, batch_size * 4 // (n if pipeline == "sc" else 1)), progress=progress)
+    label = f"self-consistency n={n}" if pipeline == "sc" else pipeline
+    resumed = f", {report.skipped} resumed from the trace file" if report.skipped else ""
+    print(f"{checkpoint} | {problems} | {label}, temperature {pipe.temperature} | {len(probs)} problems{resumed}")
+    print(format_summary(report.summary))
+    print(f"traces: {report.trace_path}")
+    return 0
+
+
+@command("report", variadic=("traces", "trace JSONL files written by spine eval / validate / ReasoningEval"))
+def report(traces: list[str], png: Optional[str] = None,
+           group_by: list[str] = ["level", "subject"]) -> int:  # noqa: B006 (jsonargparse reads the default)
+    """Summarize trace files: accuracy tables and, for self-consistency runs, accuracy vs samples.
+
+    Args:
+        traces: trace JSONL files.
+        png: write the accuracy-vs-samples plot of the self-consistency traces here.
+        group_by: metadata keys that get one table row per value.
+    """
+    from .reasoning.grade import answers_equivalent
+    from .reasoning.report import report as _report
+
+    _report(traces, png, equivalent=answers_equivalent, group_by=group_by, print_it=True)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser / main
 def build_parser():
     """jsonargparse parser with one subcommand per registered function."""
@@ -169,7 +333,13 @@ def build_parser():
     for name, fn in COMMANDS.items():
         sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options")
-        sub.add_function_arguments(fn, as_positional=name in _POSITIONAL)
+        if name in _VARIADIC:
+            param, help_text = _VARIADIC[name]
+            # jsonargparse reads a positional list as one JSON value; argparse's nargs="+" takes words
+            sub.add_argument(param, nargs="+", help=help_text)
+            sub.add_function_arguments(fn, as_positional=name in _POSITIONAL, skip={param})
+        else:
+            sub.add_function_arguments(fn, as_positional=name in _POSITIONAL)
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         subcommands.add_subcommand(name, sub, help=summary)
     return parser

@@ -7,6 +7,7 @@ config is refused rather than mixed.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -18,6 +19,8 @@ from .problems import Problem
 
 @dataclass
 class EvalReport:
+    """What `evaluate` returns: the summary over all requested problems (resumed ones included)."""
+
     summary: Summary
     results: list[ProblemResult]          # results computed in this call (not those resumed from traces)
     trace_path: Path | None
@@ -32,6 +35,41 @@ def run_config(engine: Engine, pipeline: Pipeline, *, source: str, checkpoint_sh
     if extra:
         cfg["extra"] = dict(extra)
     return cfg
+
+
+_HF_FILES = (".json", ".safetensors", ".bin", ".model", ".tiktoken", ".txt")
+
+
+def checkpoint_identity(spec: str | Path) -> str:
+    """sha256 naming the weights of `spec` for a run config: a spine checkpoint directory (the
+    sha256 of its manifest, which lists every file's hash) or "hf:PATH" (sha256 over the names
+    and contents of the directory's config/weight/tokenizer files; slow only for huge models)."""
+    s = str(spec)
+    if not s.startswith("hf:"):
+        from ..checkpoint import checkpoint_sha256
+
+        return checkpoint_sha256(s)
+    root = Path(s[3:]).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"HF checkpoint directory not found: {root}")
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(_HF_FILES)):
+        fh = hashlib.sha256()
+        with open(f, "rb") as fd:
+            for block in iter(lambda: fd.read(1 << 20), b""):
+                fh.update(block)
+        h.update(f"{f.name}\0{fh.hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def source_identity(source: str | Path) -> tuple[str, dict[str, Any]]:
+    """(source, extra) for a run config: a local problems file is named "file:<name>" and pinned by
+    its content's sha256 (the content decides the numbers; where the file lives does not), any
+    other source (a synthetic spec, a hub name) by its text."""
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        return f"file:{path.name}", {"problems_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return str(source), {}
 
 
 def result_records(writer: TraceWriter, r: ProblemResult, pipeline: Pipeline, checkpoint_sha: str | None):
@@ -62,13 +100,20 @@ def evaluate(
     trace_path: str | Path | None = None,
     source: str = "problems",
     checkpoint_sha256: str | None = None,
+    extra: Mapping[str, Any] | None = None,
     chunk_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Run `pipeline` over `problems`, write traces (when `trace_path`), return the summary.
 
+    The run config (see `run_config`; `extra` holds anything else that changes the numbers, e.g.
+    the problems file's sha256) is hashed into the trace header: reopening the same file resumes,
+    skipping problems already complete, and a file of another config raises ValueError.
     Problems are processed in chunks of `chunk_size` so an interrupted run loses at most one chunk.
+    The summary covers every problem in `problems`, resumed ones included.
     """
+    if chunk_size < 1:
+        raise ValueError(f"evaluate: chunk_size must be >= 1, got {chunk_size}")
     if not problems:
         raise ValueError("evaluate: no problems given")
     ids = [p.id for p in problems]
@@ -79,7 +124,7 @@ def evaluate(
     todo = list(problems)
     skipped = 0
     if trace_path is not None:
-        cfg = run_config(engine, pipeline, source=source, checkpoint_sha256=checkpoint_sha256)
+        cfg = run_config(engine, pipeline, source=source, checkpoint_sha256=checkpoint_sha256, extra=extra)
         writer = TraceWriter(trace_path, run_config=cfg)
         done = writer.done_ids()
         todo = [p for p in problems if p.id not in done]

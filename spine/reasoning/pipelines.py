@@ -21,10 +21,17 @@ from .extract import extract
 from .grade import Verdict, answers_equivalent, grade
 from .problems import Problem
 from .prompts import render_chat_prompt, render_prompt
+from .report import normalize_vote
 
 
 @dataclass
 class Completion:
+    """One generated sample: its text (cut at a stop string), cost and why it ended.
+
+    `tokens` counts every generated token, also those after a stop string (they were paid for);
+    `finish_reason` is "stop" (eos/stop token), "stop_string" (cut at a stop string) or "length".
+    """
+
     text: str
     tokens: int
     seconds: float
@@ -46,6 +53,12 @@ class Engine:
         if tokenizer is None:
             raise ValueError("Engine needs a tokenizer: the checkpoint has none (save it with its tokenizer, "
                              "or pass one explicitly)")
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError(f"Engine: max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and "
+                             f"{batch_size}")
+        if chat and not callable(getattr(tokenizer, "apply_chat_template", None)):
+            raise ValueError(f"chat=True needs a tokenizer with a chat template; {type(tokenizer).__name__} has "
+                             "none (use chat=False for base models)")
         self.model, self.tokenizer = model, tokenizer
         self.template, self.chat, self.enable_thinking = template, chat, enable_thinking
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
@@ -54,16 +67,25 @@ class Engine:
         render_prompt("x", template)  # fail now, with the list of templates, on an unknown name
 
     def prompt_for(self, problem: Problem) -> str:
+        """The model input for `problem`: the template, wrapped in the chat template when `chat`."""
         if self.chat:
             return render_chat_prompt(problem, self.tokenizer, self.template, enable_thinking=self.enable_thinking)
         return render_prompt(problem, self.template)
 
     def settings(self) -> dict[str, Any]:
-        return {"template": self.template, "chat": self.chat, "enable_thinking": self.enable_thinking,
-                "max_new_tokens": self.max_new_tokens, "stop_strings": self.stop_strings}
+        """What changes the completions (goes into the run config hash; batch size does not)."""
+        out = {"template": self.template, "chat": self.chat, "enable_thinking": self.enable_thinking,
+               "max_new_tokens": self.max_new_tokens, "stop_strings": self.stop_strings}
+        if self.stop_token_ids:  # only when set, so older run configs keep their hash
+            out["stop_token_ids"] = self.stop_token_ids
+        return out
 
     def complete(self, prompts: Sequence[str], *, temperature: float = 0.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None) -> list[Completion]:
+        """One completion per prompt, in order, generated `batch_size` prompts at a time.
+
+        Batch `b` is seeded with `seed + b * batch_size`, so batches draw different noise.
+        """
         tok = self.tokenizer
         special = "all" if self.chat else frozenset()
         ids = [tok.encode(p, allowed_special=special) for p in prompts]
@@ -77,15 +99,14 @@ class Engine:
                            on_overflow="truncate")
             dt = (time.perf_counter() - t0) / len(chunk)
             for toks, text, reason in zip(res.tokens, res.texts(tok), res.finish_reasons):
-                out.append(Completion(self._cut(text), len(toks), dt, reason))
+                cut = self._cut(text)
+                out.append(Completion(cut, len(toks), dt, "stop_string" if cut != text else reason))
         return out
 
     def _cut(self, text: str) -> str:
-        for s in self.stop_strings:
-            i = text.find(s)
-            if i >= 0:
-                text = text[:i]
-        return text
+        """`text` up to the earliest occurrence of any stop string."""
+        hits = [i for i in (text.find(s) for s in self.stop_strings if s) if i >= 0]
+        return text[:min(hits)] if hits else text
 
 
 @dataclass
@@ -158,19 +179,24 @@ class SingleSample:
 def majority_vote(answers: Sequence[str | None]) -> tuple[int | None, dict[str, Any]]:
     """Index of the first sample of the winning answer group, and the vote's details.
 
-    Answers are grouped by graded equivalence; `None` (no answer) never votes. Ties go to the
-    group seen first and are reported (`tie=True`).
+    Answers are grouped with the group's first answer when their normalized text is equal (the
+    same key as `spine.reasoning.report`) or the grader finds them equivalent ("1/2", "0.5",
+    "\\frac12"); `None` (no answer) never votes. Ties go to the group seen first and are
+    reported (`tie=True`), so `report.accuracy_at_k` at k = n reproduces the pipeline's accuracy.
     """
     groups: list[list[int]] = []
+    keys: list[str] = []  # normalized text of each group's first answer: the cheap test before grading
     for i, a in enumerate(answers):
         if a is None:
             continue
-        for g in groups:
-            if answers_equivalent(answers[g[0]], a):
+        key = normalize_vote(a)
+        for g, gkey in zip(groups, keys):
+            if key == gkey or answers_equivalent(answers[g[0]], a):
                 g.append(i)
                 break
         else:
             groups.append([i])
+            keys.append(key)
     if not groups:
         return None, {"groups": [], "tie": False, "winner_votes": 0, "abstained": len(answers)}
     best = max(len(g) for g in groups)

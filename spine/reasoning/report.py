@@ -90,7 +90,8 @@ def accuracy_at_k(records: Iterable[TraceRecord], ks: Sequence[int] | None = Non
     return acc
 
 
-def _plot(curves: dict[str, dict[int, float]], out_png: Path) -> None:
+def _plot(curves: dict[str, dict[int, float]], out_png: Path, baselines: dict[str, float] | None = None) -> None:
+    """accuracy@k curves; `baselines` (single-sample runs, e.g. greedy) as dashed horizontal lines."""
     # Figure + Agg canvas directly: no pyplot global state, no backend switch for the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -101,6 +102,10 @@ def _plot(curves: dict[str, dict[int, float]], out_png: Path) -> None:
     for label, acc in curves.items():
         ks = sorted(acc)
         ax.plot(ks, [100 * acc[k] for k in ks], marker="o", label=label)
+    for label, acc in (baselines or {}).items():
+        ax.axhline(100 * acc, linestyle="--", linewidth=1, color="gray")
+        ax.annotate(f"{label} ({100 * acc:.1f}%)", (0.01, 100 * acc), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(0, 3), fontsize=8, color="gray")
     all_ks = sorted({k for acc in curves.values() for k in acc})
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_ks)
@@ -120,23 +125,28 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
            print_it: bool = True) -> str:
     """Markdown report of one or more trace files (printed and returned).
 
-    With `out_png`, accuracy@k curves of the self-consistency runs are drawn into one PNG; when no
-    run has more than one sample per problem no PNG is written and the report says so.
+    With `out_png`, accuracy@k curves of the self-consistency runs are drawn into one PNG, with
+    single-sample runs (greedy) as dashed reference lines; when no run has more than one sample
+    per problem no PNG is written and the report says so.
     """
     paths = [trace_paths] if isinstance(trace_paths, (str, Path)) else list(trace_paths)
     if not paths:
         raise ValueError("no trace files given")
     parts: list[str] = []
     curves: dict[str, dict[int, float]] = {}
+    baselines: dict[str, float] = {}  # single-sample runs: drawn as reference lines beside the curves
     for path in map(Path, paths):
         header, records = read_traces(path)
         label = path.stem
-        if label in curves:  # same file name in two folders
+        if label in curves or label in baselines:  # same file name in two folders
             label = f"{label} ({header.get('run_id')})"
         parts.append(f"## {path.name}\n\nrun `{header.get('run_id')}`, config `{header.get('config_hash')}`, "
                      f"{len(records)} records\n")
-        parts.append(format_summary(summarize(records, group_by=group_by)))
+        summary = summarize(records, group_by=group_by)
+        parts.append(format_summary(summary))
         acc = accuracy_at_k(records, equivalent=equivalent)
+        if not acc and summary.n:
+            baselines[label] = summary.accuracy
         if acc:
             curves[label] = acc
             parts.append("\nself-consistency (majority vote over the first k samples):\n")
@@ -146,7 +156,7 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
         parts.append("")
     if out_png is not None:
         if curves:
-            _plot(curves, Path(out_png))
+            _plot(curves, Path(out_png), baselines)
             parts.append(f"accuracy-vs-samples plot: {out_png}")
         else:
             parts.append("no self-consistency runs (n_samples > 1): no plot written")
