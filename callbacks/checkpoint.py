@@ -64,9 +64,11 @@ class SpineCheckpoint(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "spine"
 
     def _export(self, trainer, pl_module, name: str) -> Path | None:
+        # Resolve the directory on every rank *before* the rank-0 check: `trainer.log_dir` is a
+        # collective (a broadcast) under DDP, and calling it on rank 0 alone deadlocks.
+        target = self._dir(trainer) / name
         if not trainer.is_global_zero:
             return None
-        target = self._dir(trainer) / name
         save_checkpoint(target, pl_module.model, getattr(pl_module, "tokenizer", None),
                         metadata={"global_step": trainer.global_step, "epoch": trainer.current_epoch})
         if self.verify:

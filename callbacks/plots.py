@@ -19,7 +19,11 @@ class LossCurvePlot(L.Callback):
         if value is not None:
             self.train.append((trainer.global_step, float(value)))
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        # Not on_validation_epoch_end: Lightning runs callbacks' epoch-end hooks *before* the module's
+        # (which logs val_loss), so there callback_metrics still held the previous validation's value
+        # and every point was one validation late. on_validation_end runs after the epoch's metrics
+        # are collected.
         value = trainer.callback_metrics.get("val_loss")
         if value is not None and not trainer.sanity_checking:
             self.val.append((trainer.global_step, float(value)))
@@ -31,6 +35,9 @@ class LossCurvePlot(L.Callback):
         self.train, self.val = list(state.get("train", [])), list(state.get("val", []))
 
     def on_fit_end(self, trainer, pl_module):
+        # `trainer.log_dir` is a collective (a broadcast) under DDP: every rank must call it, so the
+        # directory is resolved before the rank-0 check.
+        out_dir = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero or not (self.train or self.val):
             return
         import matplotlib
@@ -47,7 +54,6 @@ class LossCurvePlot(L.Callback):
         ax.set_ylabel("loss (nats/token)")
         ax.legend()
         ax.grid(alpha=0.3)
-        out_dir = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / self.filename
         fig.tight_layout()

@@ -1,5 +1,7 @@
 """LightningDataModules: they own tokenization, caching and batching."""
+from .classification import ClassificationDataModule
+from .instruction import InstructionDataModule
 from .pretrain import PretrainDataModule
 from .reasoning import ReasoningDataModule
 
-__all__ = ["PretrainDataModule", "ReasoningDataModule"]
+__all__ = ["ClassificationDataModule", "InstructionDataModule", "PretrainDataModule", "ReasoningDataModule"]

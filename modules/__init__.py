@@ -1,6 +1,9 @@
 """LightningModules: thin training stages over the shared `spine` core."""
 from .base import SpineModule, build_model
+from .classifier import ClassifierModule
+from .instruction import InstructionModule
 from .pretrain import PretrainModule
 from .reasoning_eval import ReasoningEvalModule
 
-__all__ = ["PretrainModule", "ReasoningEvalModule", "SpineModule", "build_model"]
+__all__ = ["ClassifierModule", "InstructionModule", "PretrainModule", "ReasoningEvalModule", "SpineModule",
+           "build_model"]

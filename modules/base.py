@@ -24,6 +24,7 @@ def build_model(
     init_from: str | None = None,
     vocab_size: int | None = None,
     context_length: int | None = None,
+    init: str = "gpt2",
 ) -> tuple[GPT, Any]:
     """A `GPT` from a preset (+ overrides), a spine checkpoint dir, or `hf:PATH` (an HF checkpoint dir).
 
@@ -40,6 +41,7 @@ def build_model(
             net, tokenizer = import_hf(path), import_hf_tokenizer(path)
         else:
             net, tokenizer = load_checkpoint(init_from)
+        net.train()  # loaders return eval mode; a training stage must see dropout as configured
         cfg = net.config
         if vocab_size is not None and vocab_size > cfg.vocab_size:
             raise ValueError(f"the data's tokenizer has {vocab_size} ids but the checkpoint {init_from} embeds only "
@@ -54,7 +56,10 @@ def build_model(
     if context_length is not None:
         overrides.setdefault("context_length", context_length)
     cfg = ModelConfig.from_preset(model, **overrides)
-    return GPT(cfg), tokenizer
+    net = GPT(cfg)
+    if init != "gpt2":
+        net.init_weights(scheme=init)
+    return net, tokenizer
 
 
 def _np_state_to_plain(state) -> dict:
@@ -86,10 +91,13 @@ class SpineModule(L.LightningModule):
         scheduler: str = "cosine",
         compile: bool = False,
         fused_adam: bool | None = None,
+        init: str = "gpt2",
     ):
+        """`init`: weight init of a fresh model, "gpt2" (N(0, 0.02), nanoGPT/HF) or "torch" (PyTorch
+        defaults, as the book's GPTModel). Ignored when starting from `init_from`."""
         super().__init__()
         self.save_hyperparameters()
-        self.model, self.tokenizer = build_model(model, model_overrides, init_from, vocab_size, context_length)
+        self.model, self.tokenizer = build_model(model, model_overrides, init_from, vocab_size, context_length, init)
         self.pad_id = pad_id
         self.normalizer = TokenNormalizer()
 
@@ -132,7 +140,8 @@ class SpineModule(L.LightningModule):
         h = self.hparams
         fused = h.fused_adam
         if fused is None:
-            fused = self.device.type == "cuda"
+            # fused AdamW exists for CUDA and (torch >= 2.4) CPU; on CPU it is several times faster
+            fused = self.device.type in ("cuda", "cpu")
         opt = torch.optim.AdamW(param_groups(self.model, h.weight_decay), lr=h.lr, betas=tuple(h.betas),
                                 fused=bool(fused))
         if h.scheduler == "constant":
@@ -149,6 +158,16 @@ class SpineModule(L.LightningModule):
 
         `reference`: a fixed divisor known without a GPU sync (e.g. `targets.numel()`).
         """
+        if self.normalizer.reference is None and self._trainer is not None and self.trainer.world_size > 1:
+            # Under DDP every rank must divide by the SAME reference: DDP averages the ranks' gradients
+            # before `rescale_` multiplies by reference * accumulate * world / global_tokens, which is
+            # exact only if the reference cancels. A per-rank one (a rank's first token count, as the
+            # instruction/classifier stages pass no reference) would weight ranks unequally and leave
+            # them with different gradients (diverging weights). One all-reduce, on the first
+            # micro-batch only; afterwards (and after a resume) the reference is fixed.
+            ref = torch.as_tensor(float(reference) if reference else n_tokens, dtype=torch.float64,
+                                  device=self.device).clamp_min(1.0)
+            reference = float(self.trainer.strategy.reduce(ref, reduce_op="sum")) / self.trainer.world_size
         return self.normalizer.micro_batch(loss_sum, n_tokens, reference)
 
     def on_before_optimizer_step(self, optimizer) -> None:

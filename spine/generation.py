@@ -117,9 +117,21 @@ def sample_with_noise(logits: torch.Tensor, uniform: torch.Tensor | None, *, tem
     """
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    z = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+    if top_k is not None and top_k > 0 and top_p is None and uniform.shape[-1] < logits.shape[-1]:
+        # top-k only: race the k candidates alone (noise is (B, k)), no pass over the vocabulary
+        vals, idx = torch.topk(logits.float() / temperature, uniform.shape[-1], dim=-1)
+        return idx.gather(-1, (vals + gumbel).argmax(dim=-1, keepdim=True)).squeeze(-1)
+    z = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return (z + gumbel).argmax(dim=-1)
+
+
+def noise_shape(shape: tuple[int, ...] | torch.Size, top_k: int | None, top_p: float | None) -> tuple[int, int]:
+    """Uniform noise needed per step: (B, k) for top-k-only sampling, else (B, V)."""
+    B, V = shape[0], shape[-1]
+    if top_k is not None and 0 < top_k < V and top_p is None:
+        return (B, top_k)
+    return (B, V)
 
 
 def sample_next(
@@ -133,7 +145,8 @@ def sample_next(
     """Pick one id per row from logits (B, V): greedy at temperature 0, else filtered sampling."""
     noise = None
     if temperature > 0.0:
-        noise = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+        noise = torch.rand(noise_shape(logits.shape, top_k, top_p), generator=generator, device=logits.device,
+                           dtype=torch.float32)
     return sample_with_noise(logits, noise, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
@@ -233,7 +246,8 @@ def generate(
         def noise():
             if not sampled:
                 return None
-            return torch.rand((B, V), generator=generator, device=device, dtype=torch.float32)
+            return torch.rand(noise_shape((B, V), top_k, top_p), generator=generator, device=device,
+                              dtype=torch.float32)
 
         nxt, lp = _select(logits[:, -1, :], noise(), cfg.vocab_size, temperature, top_k, top_p)
         for step in range(max_new_tokens):

@@ -184,8 +184,24 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> None:
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer), norms = 1."""
+    def init_weights(self, std: float = 0.02, scheme: str = "gpt2") -> None:
+        """Re-initialise all weights.
+
+        "gpt2": N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer), norms = 1 (nanoGPT/HF).
+        "torch": PyTorch's defaults (Linear: Kaiming-uniform; Embedding: N(0, 1)) — what the book's
+        from-scratch GPTModel gets, which memorises a small corpus much faster in few steps.
+        """
+        if scheme == "torch":
+            for module in self.modules():
+                if module is not self and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            for module in self.modules():
+                if isinstance(module, RMSNorm):
+                    nn.init.ones_(module.weight)
+            self.reset_buffers()
+            return
+        if scheme != "gpt2":
+            raise ValueError(f"init scheme must be 'gpt2' or 'torch', got {scheme!r}")
         resid_std = std / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):

@@ -58,8 +58,12 @@ def gpt2_vocab_dir(shared_data: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
+    # tiny models on a shared 2-core machine: thread hand-offs cost more than they save
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

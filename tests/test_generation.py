@@ -167,3 +167,19 @@ def test_compiled_decode_step_in_generate():
     comp = generate(model, prompts, max_new_tokens=6, decode_step=torch.compile(step, fullgraph=True, backend="eager"))
     assert comp.tokens == eager.tokens
     _lp_close(comp.logprobs, eager.logprobs, 1e-5)
+
+
+@pytest.mark.parametrize("top_k,top_p,support", [(3, None, 3), (None, 0.8, 3), (None, None, 5)])
+def test_sampling_frequencies_match_filtered_softmax(top_k, top_p, support):
+    """Gumbel-max sampling draws from softmax over the kept tokens (20k draws, 3-sigma-ish bound)."""
+    from collections import Counter
+
+    from spine.generation import filter_logits, sample_next
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    draws = Counter(sample_next(logits, temperature=1.0, top_k=top_k, top_p=top_p, generator=g).tolist())
+    probs = filter_logits(logits[:1], temperature=1.0, top_k=top_k, top_p=top_p).softmax(-1)[0]
+    assert set(draws) == set(range(support))
+    for tok, p in enumerate(probs.tolist()):
+        assert abs(draws.get(tok, 0) / 20000 - p) < 0.012, (tok, draws, probs)
