@@ -344,11 +344,16 @@ class TiktokenTokenizer:
 
     def encode(self, text: str, *, allowed_special: AllowedSpecial = frozenset()) -> list[int]:
         allowed = resolve_allowed_special(allowed_special, self.special_tokens)
+        if not allowed:
+            # same ids as disallowed_special=() (specials as plain text), without scanning for them
+            return self._enc.encode_ordinary(text)
         # disallowed_special=(): a special token that is not allowed is encoded as plain text.
         return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
 
     def encode_batch(self, texts: Sequence[str], *, allowed_special: AllowedSpecial = frozenset()) -> list[list[int]]:
         allowed = resolve_allowed_special(allowed_special, self.special_tokens)
+        if not allowed:
+            return self._enc.encode_ordinary_batch(list(texts))
         return self._enc.encode_batch(list(texts), allowed_special=allowed, disallowed_special=())
 
     def decode(self, ids: Sequence[int]) -> str:
