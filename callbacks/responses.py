@@ -47,6 +47,8 @@ class ResponseWriter(L.Callback):
                 Path(self.traces_path) if self.traces_path else root / "responses.traces.jsonl")
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # every rank must join trainer.log_dir (a broadcast under DDP) before rank 0 goes on alone
+        json_path, traces_path = self._paths(trainer)
         if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
@@ -55,7 +57,6 @@ class ResponseWriter(L.Callback):
         if not records or tok is None or not hasattr(dm, "prompt"):
             rank_zero_info("ResponseWriter: no records, tokenizer or prompt template; nothing written")
             return
-        json_path, traces_path = self._paths(trainer)
         model = pl_module.model
         ctx = model.config.context_length
         too_long = sum(len(tok.encode(dm.prompt(r))) + self.max_new_tokens > ctx for r in records)
