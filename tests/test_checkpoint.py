@@ -16,15 +16,6 @@ from spine.model import GPT
 from spine.tokenizer import get_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add sync overhead, and stall badly when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(preset: str = "gpt2-tiny", **kw) -> GPT:
     torch.manual_seed(0)
     return GPT.from_preset(preset, **kw).eval()

@@ -13,15 +13,6 @@ from spine.model import GPT
 from spine.tokenizer import get_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add sync overhead, and stall badly when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def byte_ckpt(tmp_path_factory):
     torch.manual_seed(0)

@@ -11,15 +11,6 @@ V = 320
 FAMILIES = ["gpt2-tiny", "qwen3-tiny"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add sync overhead, and stall badly when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _peaked(preset: str, **kw) -> GPT:
     """Weights large enough that next-token distributions are peaked (no near-ties for argmax)."""
     torch.manual_seed(0)

@@ -20,15 +20,6 @@ from spine.model import GPT  # noqa: E402
 VOCAB = 97
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add sync overhead, and stall badly when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomize(model: torch.nn.Module) -> torch.nn.Module:
     """Weights far from init (norms != 1, biases != 0) so a wrong mapping cannot hide."""
     g = torch.Generator().manual_seed(1)

@@ -15,15 +15,6 @@ GPT2_PARAMS = {"gpt2-124m": 124_439_808, "gpt2-355m": 354_823_168, "gpt2-774m": 
                "gpt2-1558m": 1_557_611_200}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add sync overhead, and stall badly when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------- config
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_config_json_round_trip(tmp_path, name):
