@@ -120,17 +120,7 @@ def bench_trainer(cfg, B, T, args) -> float:
     from datamodules.pretrain import PretrainDataModule
     from modules.pretrain import PretrainModule
 
-    class StepTimer(L.Callback):
-        def __init__(self):
-            self.times, self.t0 = [], None
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self.t0)
+    from common import StepTimer
 
     if cfg.family == "gpt2":
         dm = PretrainDataModule(source="synthetic", tokenizer="gpt2", vocab_dir=args.vocab_dir, context_length=T,
