@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from spine.checkpoint import load_checkpoint, save_checkpoint
+from spine.distributed import build_from_state, compute_dtype, full_state_dict, is_sharded
 
 
 class CheckpointParityError(RuntimeError):
@@ -21,25 +22,36 @@ def probe_batch(model, n_tokens: int = 32, seed: int = 1234) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_parity(model, directory: str | Path) -> None:
-    """Reload `directory` into a fresh model; raise unless its logits equal `model`'s bitwise."""
-    fresh, _ = load_checkpoint(directory, map_location="cpu")
+def probe_logits(model) -> torch.Tensor:
+    """float32 CPU logits of `model` on `probe_batch` in eval mode, autocast off (a collective if sharded)."""
     was_training = model.training
     model.eval()
     try:
-        ref_param = next(model.parameters())
-        probe = probe_batch(model).to(ref_param.device)
-        # .forward skips an in-place torch.compile wrapper: we compare weights, not kernels
-        with torch.autocast(device_type=ref_param.device.type, enabled=False):
-            expected = model.forward(probe).float().cpu()
-        fresh = fresh.to(device=ref_param.device, dtype=ref_param.dtype).eval()
-        got = fresh.forward(probe).float().cpu()
+        device = next(model.parameters()).device
+        # `_call_impl` is the module call minus an in-place torch.compile wrapper (we compare weights, not
+        # kernels) but with the forward hooks, which is where FSDP2 all-gathers a sharded model's weights
+        with torch.autocast(device_type=device.type, enabled=False):
+            return model._call_impl(probe_batch(model).to(device)).float().cpu()
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def check_parity(model, directory: str | Path, expected: torch.Tensor | None = None) -> None:
+    """Reload `directory` into a fresh model; raise unless its logits equal `model`'s bitwise.
+
+    `expected`: the live model's `probe_logits`, when they had to be computed beforehand (a sharded
+    model computes them on all ranks together). The fresh model runs on the live model's device, in
+    the dtype the live forward computes in.
+    """
+    if expected is None:
+        expected = probe_logits(model)
+    fresh, _ = load_checkpoint(directory, map_location="cpu")
+    fresh = fresh.to(device=next(model.parameters()).device, dtype=compute_dtype(model))
+    got = probe_logits(fresh)
     if not torch.equal(expected, got):
         diff = (expected - got).abs().max().item()
         raise CheckpointParityError(f"checkpoint {directory} does not reproduce the model: max |logit diff| = {diff:g}")
-
 
 
 class SpineCheckpoint(L.Callback):
@@ -49,6 +61,8 @@ class SpineCheckpoint(L.Callback):
       reloaded into a fresh model and checked for bitwise-identical logits (`verify=True`);
     - at the end of fit: `<dirpath>/final`, verified the same way.
     `dirpath` defaults to `<trainer.log_dir or default_root_dir>/spine`.
+    Under FSDP2 (ModelParallelStrategy) the full weights are gathered to rank 0 (every rank takes part),
+    and the parity reference is the sharded model's own forward; a failure on rank 0 is raised on all ranks.
     """
 
     def __init__(self, dirpath: str | None = None, on_save: bool = True, on_fit_end: bool = True, verify: bool = True):
@@ -67,12 +81,37 @@ class SpineCheckpoint(L.Callback):
         # Resolve the directory on every rank *before* the rank-0 check: `trainer.log_dir` is a
         # collective (a broadcast) under DDP, and calling it on rank 0 alone deadlocks.
         target = self._dir(trainer) / name
+        meta = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        if is_sharded(pl_module.model):
+            return self._export_sharded(trainer, pl_module.model, tokenizer, target, meta)
         if not trainer.is_global_zero:
             return None
-        save_checkpoint(target, pl_module.model, getattr(pl_module, "tokenizer", None),
-                        metadata={"global_step": trainer.global_step, "epoch": trainer.current_epoch})
+        save_checkpoint(target, pl_module.model, tokenizer, metadata=meta)
         if self.verify:
             check_parity(pl_module.model, target)
+        self.exported.append(target)
+        return target
+
+    def _export_sharded(self, trainer, model, tokenizer, target: Path, meta: dict) -> Path | None:
+        state = full_state_dict(model)  # collective; whole tensors on rank 0 only
+        expected = probe_logits(model) if self.verify else None  # collective forward
+        error = None
+        if trainer.is_global_zero:
+            try:
+                net = build_from_state(model.config, state, where="gathered FSDP weights")
+                save_checkpoint(target, net, tokenizer, metadata=meta)
+                if self.verify:
+                    check_parity(model, target, expected=expected)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks hear of it
+                error = e
+        message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if message is not None:
+            raise CheckpointParityError(f"rank 0 failed to write the spine checkpoint {target}: {message}")
+        if not trainer.is_global_zero:
+            return None
         self.exported.append(target)
         return target
 

@@ -8,6 +8,7 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from spine.distributed import unsharded_copy
 from spine.reasoning.evaluate import evaluate
 from spine.reasoning.pipelines import Engine, make_pipeline
 from spine.reasoning.problems import load_problems
@@ -22,7 +23,8 @@ class ReasoningEval(L.Callback):
     Logs `reasoning/<label>_acc`; traces go to `<trace_dir>/<label>-step<step>.jsonl`
     (default trace_dir: `<log_dir>/traces`). Under DDP each rank evaluates a disjoint share
     (rank r takes problems r, r+W, …, and writes its own trace file); correct counts are summed
-    across ranks once, so every rank logs the same accuracy. Results are kept in `self.results`.
+    across ranks once, so every rank logs the same accuracy. Under FSDP2 every rank first gathers
+    the full weights into a plain copy. Results are kept in `self.results`.
     A trace's run config records the global step (the weights are those of that step), so a fit
     resumed from a checkpoint re-evaluating the same step resumes the same file. Metrics go to
     the loggers directly: `self.log` is not allowed in `on_fit_end`.
@@ -71,7 +73,9 @@ class ReasoningEval(L.Callback):
             probs = load_problems(self.source)
             self._problems = probs[: self.limit] if self.limit else probs
         shard = self._problems[trainer.global_rank::trainer.world_size]
-        engine = Engine(pl_module.model, pl_module.tokenizer, **self.engine_args)
+        # each rank decodes its own share for as long as it needs: a sharded (FSDP2) model would have to
+        # run its forwards in lock-step, so it is gathered into a plain copy on every rank first
+        engine = Engine(unsharded_copy(pl_module.model), pl_module.tokenizer, **self.engine_args)
         out_dir = Path(self.trace_dir or Path(trainer.log_dir or trainer.default_root_dir) / "traces")
         for spec in self.pipeline_specs:
             spec = dict(spec)

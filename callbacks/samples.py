@@ -4,6 +4,7 @@ from __future__ import annotations
 import lightning.pytorch as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from spine.distributed import unsharded_copy
 from spine.generation import generate
 
 
@@ -34,7 +35,9 @@ class SampleGeneration(L.Callback):
             return
         self._last_step = trainer.global_step
         ids = [tok.encode(p) for p in self.prompts]
-        out = generate(pl_module.model, ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+        # a sharded (FSDP2) model is gathered into a plain copy first: generation stops at EOS, so ranks
+        # could run different numbers of forwards, which a sharded forward would turn into a deadlock
+        out = generate(unsharded_copy(pl_module.model), ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                        top_k=self.top_k, seed=self.seed, eos_id=tok.eos_id, pad_id=tok.pad_id, on_overflow="truncate")
         texts = out.texts(tok)
         lines = []

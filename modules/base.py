@@ -14,6 +14,7 @@ import torch
 
 from spine.checkpoint import load_checkpoint
 from spine.config import ModelConfig
+from spine.distributed import MODEL_CONFIG_KEY, TOKENIZER_FILES_KEY, shard_fsdp2, tokenizer_files
 from spine.model import GPT
 from spine.training import TokenNormalizer, param_groups, warmup_cosine
 
@@ -75,6 +76,11 @@ def _np_state_from_plain(d: dict):
 class SpineModule(L.LightningModule):
     """Base for the stages. Subclasses implement `training_step`/`validation_step` with `self.loss_step`."""
 
+    # FSDP2 (Lightning's ModelParallelStrategy) all-gathers a block's weights only inside its forward;
+    # stages that call parts of the model outside `GPT.forward` (a classifier head on pooled
+    # states, LoRA) opt out and say so rather than fail inside torch.
+    supports_sharding = False
+
     def __init__(
         self,
         model: str = "gpt2-tiny",
@@ -103,10 +109,32 @@ class SpineModule(L.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
+        self._shard()
         if self.hparams.compile and not getattr(self, "_compiled", False):
             # in-place compile keeps parameter names (and so checkpoints) unchanged
             self.model.compile()
             self._compiled = True
+
+    def _shard(self) -> None:
+        """Under ModelParallelStrategy: shard the model with FSDP2 over the data-parallel mesh (once)."""
+        mesh = self.device_mesh
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        name = type(self).__name__
+        if not self.supports_sharding:
+            raise ValueError(f"{name} does not support ModelParallelStrategy (FSDP2): it calls parts of the model "
+                             "outside its forward. Use --trainer.strategy=ddp.")
+        dims = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in dims and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"{name}: spine shards with FSDP2 only (no tensor parallelism), but the device mesh has "
+                f"tensor_parallel={mesh['tensor_parallel'].size()}. Pass --trainer.strategy.data_parallel_size="
+                f"{mesh.size()} --trainer.strategy.tensor_parallel_size=1 (see docs/multi-gpu.md).")
+        dp = mesh["data_parallel"] if "data_parallel" in dims else mesh
+        # bf16-mixed: gather and compute in bf16, keep fp32 master shards, reduce grads in fp32
+        param_dtype = torch.bfloat16 if str(self.trainer.precision) == "bf16-mixed" else None
+        shard_fsdp2(self.model, dp, param_dtype=param_dtype)
+        self._sharded = True
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clipping from the Trainer's `gradient_clip_val`, also with fused AdamW under bf16-mixed.
@@ -191,6 +219,12 @@ class SpineModule(L.LightningModule):
             "python": random.getstate(),
         }
         checkpoint["spine_normalizer"] = self.normalizer.state_dict()
+        # enough to rebuild the model alone from this checkpoint (`spine consolidate`), e.g. from shards
+        checkpoint[MODEL_CONFIG_KEY] = self.model.config.to_dict()
+        if self.tokenizer is not None:
+            if getattr(self, "_tokenizer_files", None) is None:
+                self._tokenizer_files = tokenizer_files(self.tokenizer)
+            checkpoint[TOKENIZER_FILES_KEY] = self._tokenizer_files
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         rng = checkpoint.get("spine_rng")

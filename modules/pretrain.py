@@ -1,7 +1,6 @@
 """Pretraining: next-token cross-entropy normalised by target tokens, token-weighted perplexity."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,6 +18,8 @@ class PretrainModule(SpineModule):
     validation set, synced across devices) and `val_ppl = exp(val_loss)`.
     """
 
+    supports_sharding = True
+
     def __init__(self, *args: Any, chunked_ce: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.chunked_ce = chunked_ce
@@ -26,6 +27,11 @@ class PretrainModule(SpineModule):
         self.flops_per_batch = 0
 
     def configure_model(self) -> None:
+        self._shard()
+        if self.chunked_ce and getattr(self, "_sharded", False):
+            # the chunked loss reads lm_head.weight outside the forward, where FSDP2 holds only a shard
+            raise ValueError("PretrainModule: chunked_ce is not supported with ModelParallelStrategy (FSDP2); "
+                             "set --model.init_args.chunked_ce=false")
         # compile the loss step whole (model + cross-entropy) rather than the model alone
         if getattr(self, "_loss_fn", None) is None:
             self._loss_fn = make_loss_fn(self.model, chunked=self.chunked_ce, compile=bool(self.hparams.compile))

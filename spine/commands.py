@@ -164,6 +164,28 @@ def export_hf(src: str, dst: str, overwrite: bool = False) -> int:
     return 0
 
 
+@command("consolidate", positional=True)
+def consolidate(src: str, dst: str, dtype: DType = None, overwrite: bool = False) -> int:
+    """Turn a Lightning training checkpoint (a .ckpt file or an FSDP sharded directory) into a spine checkpoint.
+
+    Args:
+        src: what ModelCheckpoint wrote: a `.ckpt` file, or the directory ModelParallelStrategy (FSDP2)
+            writes (shards + .metadata + meta.pt), at any number of ranks; read here in one process.
+        dst: spine checkpoint directory to write (with the tokenizer stored in the training checkpoint).
+        dtype: cast the weights (default: as trained, float32 master weights).
+        overwrite: replace DST if it exists.
+    """
+    from .distributed import consolidate as _consolidate
+    from .hf import parse_dtype
+
+    target = _check_target(dst, overwrite)
+    out = _consolidate(src, target, dtype=parse_dtype(dtype))
+    manifest = json.loads((out / "manifest.json").read_text())
+    tok = "with" if "spine_tokenizer.json" in manifest["files"] else "without"
+    print(f"wrote {out} (step {manifest['metadata'].get('global_step', '?')}, {tok} tokenizer) from {src}")
+    return 0
+
+
 def _load_for_eval(checkpoint: str, device: str, dtype: DType, tokenizer: Optional[str]):
     """(model, tokenizer) from a spine checkpoint directory or `hf:PATH`, on `device`."""
     from .hf import parse_dtype

@@ -14,14 +14,11 @@ What is checked, against a single-process run with the same global batch (2 rank
 - exact resume under DDP after SIGKILL of all ranks;
 - token normalisation is global: with very different target-token counts per rank (and gradient
   accumulation) the gradient equals the single-process global token-mean gradient.
-See DDP_NOTES.md for the tolerances and why.
+See docs/multi-gpu.md for the tolerances and why.
 """
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,8 +28,10 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
+from fit_runner import EVERY, STEPS, final_weights as _final_weights, records as _records, run as _run_fit  # noqa: E402,E501
+from fit_runner import spine_fit as _spine_fit  # noqa: E402
 
-# Tolerances (see DDP_NOTES.md). DDP averages the two ranks' gradients (a different float summation
+# Tolerances (see docs/multi-gpu.md). DDP averages the two ranks' gradients (a different float summation
 # order than one big batch), so trajectories agree to rounding, not bitwise.
 LOSS_ATOL = 1e-5       # per-step global train loss and val_loss, nats/token
 WEIGHT_ATOL = 1e-5     # final weights after 20 AdamW steps
@@ -40,62 +39,19 @@ VAL_INIT_ATOL = 1e-6   # val_loss at identical (initial) weights: only summation
 GRAD_RTOL, GRAD_ATOL = 1e-5, 5e-7  # DDP gradient vs single-process global token-mean gradient
 
 # 150 train windows: 18 steps of 8 per epoch (drop_last), so 20 steps cross into epoch 1; 16 val windows
-STEPS, BATCH, WORLD, PER_EPOCH, EVERY = 20, 4, 2, 18, 4
+BATCH, WORLD, PER_EPOCH = 4, 2, 18
 
-CONFIG = """
-seed_everything: 3
-trainer:
-  accelerator: cpu
-  devices: {devices}
-  strategy: {strategy}
-  max_steps: {steps}
-  val_check_interval: {every}
-  check_val_every_n_epoch: null
-  num_sanity_val_steps: -1
-  log_every_n_steps: 1
-  gradient_clip_val: 1.0
-  enable_progress_bar: false
-  enable_model_summary: false
-  use_distributed_sampler: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {root}, name: logs}}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {root}/ckpt, save_last: true, every_n_train_steps: {every}, save_top_k: -1}}
-    - class_path: callbacks.SpineCheckpoint
-    - class_path: callbacks.LossCurvePlot
-    - class_path: callbacks.TokenThroughputMonitor
-    - class_path: callbacks.SampleGeneration
-      init_args: {{prompts: ["12 + 7 ="], every_n_steps: {every}, max_new_tokens: 4}}
-    - class_path: ddp_probe.RankRecorder
-      init_args: {{dirpath: {probe}, watch: {root}}}
-model:
-  class_path: modules.PretrainModule
-  init_args:
-    model: gpt2-tiny
-    model_overrides: {{d_model: 32, n_layer: 2, n_head: 2, dropout: {dropout}}}
-    lr: 3.0e-3
-    warmup_steps: 2
-data:
-  class_path: ddp_probe.IndexedPretrainData
-  init_args:
-    source: synthetic
-    tokenizer: byte
-    context_length: 32
-    batch_size: {batch}
-    synthetic_problems: 40
-    seed: 5
-    cache_dir: {cache}
-"""
+def _run(base: Path, name: str, *extra: str, devices: int, batch: int, steps: int = STEPS, dropout: float = 0.0):
+    return _run_fit(base, name, *extra, devices=devices, batch=batch, steps=steps, dropout=dropout,
+                    strategy="ddp" if devices > 1 else "auto")
+
 
 RAGGED_CONFIG = """
 seed_everything: 1
 trainer:
   accelerator: cpu
   devices: 2
-  strategy: ddp
+  strategy: {strategy}
   max_steps: 1
   accumulate_grad_batches: 2
   limit_val_batches: 0
@@ -117,54 +73,6 @@ data:
   class_path: ddp_probe.RaggedData
   init_args: {{batch_size: 2}}
 """
-
-
-def _spine_fit(config: str, cwd_root: Path, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """`spine fit --config ...` in its own process group (all DDP ranks are killed on a timeout)."""
-    cfg = cwd_root / "config.yaml"
-    cfg.write_text(config)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "support"), str(REPO), env.get("PYTHONPATH", "")])
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore::DeprecationWarning")
-    for var in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
-        env.pop(var, None)  # a fresh, self-launched process group
-    # the `spine` console script itself when installed (Lightning's DDP launcher re-runs sys.argv[0]
-    # for each extra rank; that path differs from `python -m`), else the same entry point as a module
-    script = Path(sys.executable).with_name("spine")
-    launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "modules.cli"]
-    cmd = [*launcher, "fit", "--config", str(cfg), *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"spine fit timed out after {timeout}s (a DDP hang?)\n{err[-4000:]}")
-    finally:
-        try:  # never leave a rank behind (e.g. rank 1 after rank 0 died)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _run(base: Path, name: str, *extra: str, devices: int, batch: int, steps: int = STEPS, dropout: float = 0.0):
-    root, probe = base / name, base / f"{name}-probe"
-    root.mkdir(parents=True)
-    strategy = "ddp" if devices > 1 else "auto"
-    cfg = CONFIG.format(devices=devices, strategy=strategy, steps=steps, batch=batch, root=root, probe=probe,
-                        cache=base / "cache", dropout=dropout, every=EVERY)
-    return _spine_fit(cfg, base / name, *extra), root, probe
-
-
-def _records(probe: Path, world: int) -> list[dict]:
-    return [json.loads((probe / f"rank{r}.json").read_text()) for r in range(world)]
-
-
-def _final_weights(root: Path) -> dict[str, torch.Tensor]:
-    (path,) = root.glob("logs/version_*/spine/final/model.safetensors")
-    return load_file(path)
 
 
 def _epoch_orders(cache: Path):
@@ -292,7 +200,7 @@ def test_only_rank_zero_writes(runs):
     assert [(s, round(v, 6)) for s, v in plot_state["val"]] == \
         [(v["step"], round(v["val_loss"], 6)) for v in r0["val"] if not v["sanity"] and v["step"] < STEPS]
     assert len(plot_state["val"]) == STEPS // EVERY - 1
-    # the model's own train_loss log is rank 0's micro-batch token mean (documented in DDP_NOTES.md)
+    # the model's own train_loss log is rank 0's micro-batch token mean (documented in docs/multi-gpu.md)
     assert len(plot_state["train"]) == STEPS
 
 
@@ -325,20 +233,28 @@ def test_resume_after_sigkill_under_ddp_is_bitwise_identical(runs):
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_token_normalisation_is_global_under_ddp(tmp_path):
+# FSDP2 through Lightning's ModelParallelStrategy (gloo on CPU): one shard per rank, no tensor parallelism
+FSDP = "{class_path: lightning.pytorch.strategies.ModelParallelStrategy, " \
+       "init_args: {data_parallel_size: 2, tensor_parallel_size: 1}}"
+
+
+@pytest.mark.parametrize("strategy", ["ddp", FSDP], ids=["ddp", "fsdp2"])
+def test_token_normalisation_is_global_under_ddp(tmp_path, strategy):
     """Ranks with 30+22 vs 4+6 target tokens, 2 micro-batches each: the step's gradient must be the
     gradient of (sum of all 62 token losses) / 62, identical on both ranks.
 
     No fixed reference is passed (as in the instruction and classifier stages), so each rank's first
     micro-batch token count (30 vs 4) would be its own divisor unless the ranks agree on one. With
     AdamW and clipping a uniformly mis-scaled gradient barely changes a trajectory, so the gradient
-    itself is compared here."""
+    itself is compared here. Under FSDP2 each rank holds a shard of the gradient; the probe saves
+    the gathered full tensors, which must equal the same reference."""
     pass_reference = False
     from ddp_probe import GradProbeModule, RAGGED_VALID, ragged_samples
     from spine.training import cross_entropy_sum
 
     probe = tmp_path / "probe"
-    cfg = RAGGED_CONFIG.format(root=tmp_path, probe=probe, pass_reference=str(pass_reference).lower())
+    cfg = RAGGED_CONFIG.format(root=tmp_path, probe=probe, pass_reference=str(pass_reference).lower(),
+                               strategy=strategy)
     done = _spine_fit(cfg, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     g0, g1 = (load_file(probe / f"grads.rank{r}.safetensors") for r in range(2))

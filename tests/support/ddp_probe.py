@@ -160,6 +160,13 @@ class RaggedData(L.LightningDataModule):
         return DataLoader(ragged_samples(), batch_size=self.batch_size, sampler=sampler)
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A tensor whole on this rank: FSDP2 parameters and gradients are DTensor shards (a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone().contiguous()
+
+
 class GradProbeModule(PretrainModule):
     """PretrainModule that saves its initial weights and, after token normalisation, its first step's grads.
 
@@ -177,16 +184,15 @@ class GradProbeModule(PretrainModule):
         return self.backward_loss(loss_sum, n, reference=batch["targets"].numel() if self.pass_reference else None)
 
     def on_train_start(self):
+        state = {k: _full(v) for k, v in self.model.state_dict().items()}  # every rank: a collective
         if self.trainer.is_global_zero:
             self.probe_dir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()},
-                      str(self.probe_dir / "init.safetensors"))
+            save_file(state, str(self.probe_dir / "init.safetensors"))
 
     def on_before_optimizer_step(self, optimizer):
         super().on_before_optimizer_step(optimizer)  # the rescale under test
         if not self._dumped:
             self._dumped = True
-            grads = {n: p.grad.detach().clone().contiguous() for n, p in self.model.named_parameters()
-                     if p.grad is not None}
+            grads = {n: _full(p.grad) for n, p in self.model.named_parameters() if p.grad is not None}
             self.probe_dir.mkdir(parents=True, exist_ok=True)
             save_file(grads, str(self.probe_dir / f"grads.rank{self.global_rank}.safetensors"))
