@@ -11,6 +11,7 @@ Only torch is used here (spine never imports Lightning); the Lightning side live
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,9 @@ def _read_dcp_model(directory: Path, cfg: ModelConfig, prefix: str) -> dict[str,
         size = tuple(getattr(md, "size", shapes[name][0]))
         dtype = getattr(getattr(md, "properties", None), "dtype", shapes[name][1])
         targets[name] = torch.empty(size, dtype=dtype)
-    dcp.load({"state_dict": {prefix + k: v for k, v in targets.items()}}, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load({"state_dict": {prefix + k: v for k, v in targets.items()}}, storage_reader=reader, no_dist=True)
     return targets
 
 

@@ -4,8 +4,8 @@
   windows also carry their dataset index, so a callback can see which samples each rank got.
 - `RankRecorder`: per rank, writes `<dirpath>/rank<r>.json` at fit end: the sample ids of every
   train/val batch, the (summed loss, target tokens) of every train batch at the pre-step weights,
-  val_loss after every validation, and (on ranks > 0) every file write under `watch` seen by a
-  Python audit hook.
+  val_loss after every validation, the live model's logits on `probe_batch` at fit end, and (on
+  ranks > 0) every file write under `watch` seen by a Python audit hook.
 - `KillGroupAtStep`: SIGKILL the whole process group (all ranks) right after a given step.
 - `RaggedData` + `GradProbeModule`: batches whose target-token counts differ a lot between ranks,
   and a module that dumps its initial weights and its post-normalisation gradients.
@@ -110,9 +110,13 @@ class RankRecorder(L.Callback):
                          "val_loss": None if value is None else float(value)})
 
     def on_fit_end(self, trainer, pl_module):
+        from callbacks.checkpoint import probe_logits
+
+        logits = probe_logits(pl_module.model)  # the live model's own forward (sharded: every rank together)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         out = {"rank": trainer.global_rank, "world_size": trainer.world_size, "train": self.train,
-               "val_batches": self.val_batches, "val": self.val, "writes": self.writes}
+               "val_batches": self.val_batches, "val": self.val, "writes": self.writes,
+               "probe_logits": logits.tolist()}
         (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
 
 
