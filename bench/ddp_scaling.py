@@ -8,6 +8,10 @@ re-runs this script in each rank. Keep NVLink multicast off (NCCL_NVLS_ENABLE=0)
 
     NCCL_NVLS_ENABLE=0 python bench/ddp_scaling.py --devices 1
     NCCL_NVLS_ENABLE=0 python bench/ddp_scaling.py --devices 2 --strategy ddp
+    NCCL_NVLS_ENABLE=0 python bench/ddp_scaling.py --devices 2 --strategy fsdp2 --model qwen3-0.6b --batch 8
+
+Strategies: ddp, ddp_tuned, fsdp (Lightning's FSDPStrategy, FSDP1, whole model one unit, no clipping),
+fsdp2 (ModelParallelStrategy; spine shards per block in PretrainModule.configure_model).
 """
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ def run(devices: int, strategy: str, args) -> float | None:
     dm = PretrainDataModule(source="synthetic", tokenizer="gpt2", vocab_dir=args.vocab_dir, context_length=T,
                             sampling="random", samples_per_epoch=B * devices * (steps + 2), batch_size=B,
                             synthetic_problems=20000, num_workers=2, cache_dir=args.cache_dir)
-    module = PretrainModule(model=args.model, model_overrides={"pad_vocab_to": 64}, vocab_size=50257, context_length=T,
+    # GPT-2 presets take the tokenizer's 50257 (padded to 50304); others keep their own vocabulary
+    # (Qwen3: 151936), so the embedding/head cost is the real model's; the gpt2 token ids fit in it
+    vocab = 50257 if args.model.startswith("gpt2") else None
+    module = PretrainModule(model=args.model, model_overrides={"pad_vocab_to": 64}, vocab_size=vocab, context_length=T,
                             lr=1e-4, compile=True, fused_adam=True)
     timer = StepTimer()
     if strategy == "ddp_tuned":
@@ -46,6 +53,11 @@ def run(devices: int, strategy: str, args) -> float | None:
 
         # grads live in the all-reduce buckets (no copy); the graph is the same every step
         strategy = DDPStrategy(gradient_as_bucket_view=True, static_graph=True)
+    elif strategy == "fsdp2":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        # FSDP2 via spine's configure_model (one unit per block, bf16 gathers, fp32 reduce), clipping on
+        strategy = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
     trainer = L.Trainer(accelerator="cuda", devices=devices, strategy=strategy, precision="bf16-mixed",
                         max_steps=steps, gradient_clip_val=1.0 if strategy != "fsdp" else None, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -70,10 +82,12 @@ def main() -> None:
     ap.add_argument("--cache_dir", default="/tmp/spine-cache")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    tps = run(args.devices, args.strategy if args.devices > 1 else "auto", args)
+    # fsdp2 also runs on one GPU (world size 1), to separate its own cost from communication
+    tps = run(args.devices, args.strategy if args.devices > 1 or args.strategy == "fsdp2" else "auto", args)
     if tps is None:  # not rank 0
         return
-    row = {"gpus": args.devices, "strategy": args.strategy if args.devices > 1 else "-", "tokens_per_s": tps,
+    row = {"gpus": args.devices, "model": args.model,
+           "strategy": args.strategy if args.devices > 1 or args.strategy == "fsdp2" else "-", "tokens_per_s": tps,
            "per_gpu_batch": args.batch, "ctx": args.ctx, "device": torch.cuda.get_device_name()}
     print("RESULT " + json.dumps(row), flush=True)
     if args.out:

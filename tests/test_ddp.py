@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
-from fit_runner import EVERY, STEPS, final_weights as _final_weights, records as _records, run as _run_fit  # noqa: E402,E501
+from fit_runner import ACCELERATOR, EVERY, STEPS, final_weights as _final_weights, records as _records, run as _run_fit  # noqa: E402,E501
 from fit_runner import spine_fit as _spine_fit  # noqa: E402
 
 # Tolerances (see docs/multi-gpu.md). DDP averages the two ranks' gradients (a different float summation
@@ -49,7 +49,7 @@ def _run(base: Path, name: str, *extra: str, devices: int, batch: int, steps: in
 RAGGED_CONFIG = """
 seed_everything: 1
 trainer:
-  accelerator: cpu
+  accelerator: {accelerator}
   devices: 2
   strategy: {strategy}
   max_steps: 1
@@ -254,7 +254,7 @@ def test_token_normalisation_is_global_under_ddp(tmp_path, strategy):
 
     probe = tmp_path / "probe"
     cfg = RAGGED_CONFIG.format(root=tmp_path, probe=probe, pass_reference=str(pass_reference).lower(),
-                               strategy=strategy)
+                               strategy=strategy, accelerator=ACCELERATOR)
     done = _spine_fit(cfg, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     g0, g1 = (load_file(probe / f"grads.rank{r}.safetensors") for r in range(2))

@@ -116,7 +116,7 @@ class RankRecorder(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         out = {"rank": trainer.global_rank, "world_size": trainer.world_size, "train": self.train,
                "val_batches": self.val_batches, "val": self.val, "writes": self.writes,
-               "probe_logits": logits.tolist()}
+               "probe_logits": logits.tolist(), "probe_device": str(next(pl_module.model.parameters()).device)}
         (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
 
 

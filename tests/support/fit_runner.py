@@ -46,10 +46,12 @@ def spine_fit(config: str, cwd_root: Path, *extra: str, timeout: float = 180,
 # synthetic corpus of 40 problems (150 train windows of 32 tokens, 16 val windows), AdamW, clipping,
 # validation + Lightning and spine checkpoints every EVERY steps, and the RankRecorder probe.
 STEPS, EVERY = 20, 4
+# `SPINE_TEST_ACCELERATOR=gpu` runs the same multi-process tests on GPUs (NCCL), one rank per GPU
+ACCELERATOR = os.environ.get("SPINE_TEST_ACCELERATOR", "cpu")
 CONFIG = """
 seed_everything: 3
 trainer:
-  accelerator: cpu
+  accelerator: {accelerator}
   devices: {devices}
   strategy: {strategy}
   max_steps: {steps}
@@ -102,7 +104,7 @@ def run(base: Path, name: str, *extra: str, devices: int, batch: int, strategy: 
     `callbacks`: extra YAML list items (each starting with a newline and 4 spaces of indent)."""
     root, probe = base / name, base / f"{name}-probe"
     root.mkdir(parents=True)
-    cfg = CONFIG.format(devices=devices, strategy=strategy, steps=steps, batch=batch, root=root, probe=probe,
+    cfg = CONFIG.format(accelerator=ACCELERATOR, devices=devices, strategy=strategy, steps=steps, batch=batch, root=root, probe=probe,
                         cache=base / "cache", dropout=dropout, every=EVERY, callbacks=callbacks)
     return spine_fit(cfg, root, *extra), root, probe
 
