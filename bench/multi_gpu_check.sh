@@ -22,6 +22,8 @@ SPINE=${SPINE:-"python3 -m modules.cli"}
 STEPS=${STEPS:-40}
 PARTS=${PARTS:-"fit bench tests finetune"}  # run a subset, e.g. PARTS=bench
 want() { [[ " $PARTS " == *" $1 "* ]]; }
+FITS=${FITS:-"gpt2-ddp gpt2-fsdp2 qwen3-ddp qwen3-fsdp2"}          # or a subset
+BENCH=${BENCH:-"gpt2-124m:32 qwen3-0.6b:8"}                       # model:per-GPU batch
 FSDP2="--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy \
  --trainer.strategy.data_parallel_size=$GPUS --trainer.strategy.tensor_parallel_size=1"
 status=0
@@ -29,6 +31,7 @@ log() { echo "[multi_gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt
 
 fit_and_consolidate() {  # name model batch strategy-args...
   local name=$1 model=$2 batch=$3; shift 3
+  [[ " $FITS " == *" $name "* ]] || return 0
   local run="$OUT/$name"
   log "fit $name: $model, $GPUS GPU(s), batch $batch/GPU, $*"
   if ! $SPINE fit --config configs/gpt2-124m.yaml --trainer.devices="$GPUS" "$@" \
@@ -43,7 +46,8 @@ fit_and_consolidate() {  # name model batch strategy-args...
       > "$run.log" 2>&1; then
     log "FAIL fit $name (see $run.log)"; tail -30 "$run.log"; status=1; return
   fi
-  grep -E "val_loss|spine checkpoint written" "$run.log" | tail -3 | tee -a "$OUT/summary.txt"
+  grep -E "spine checkpoint written" "$run.log" | tail -1 | tee -a "$OUT/summary.txt"
+  grep -oE "val_loss: [0-9.]+" "$run.log" | tail -1 | tee -a "$OUT/summary.txt"
   if ! $SPINE consolidate "$run/ckpt/last.ckpt" "$run/consolidated" >> "$run.log" 2>&1; then
     log "FAIL consolidate $name"; tail -20 "$run.log"; status=1; return
   fi
@@ -72,8 +76,8 @@ if want fit; then
   fit_and_consolidate qwen3-fsdp2 qwen3-0.6b 8 $FSDP2
 fi
 
-want bench && for spec in "gpt2-124m 32" "qwen3-0.6b 8"; do
-  set -- $spec
+want bench && for spec in $BENCH; do
+  set -- ${spec/:/ }
   python3 bench/ddp_scaling.py --model "$1" --batch "$2" --devices 1 2>&1 | grep RESULT | tee -a "$OUT/summary.txt"
   python3 bench/ddp_scaling.py --model "$1" --batch "$2" --devices 1 --strategy fsdp2 2>&1 | grep RESULT | tee -a "$OUT/summary.txt"
   if [ "$GPUS" -ge 2 ]; then
