@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader
 
 from spine.tokenizer import get_tokenizer
 
+from .splits import SplitLoaders
+
 TEXT_NAMES = ("text",)
 LABEL_NAMES = ("label",)
 
@@ -197,7 +199,7 @@ def _context_cap(tokenizer: str, max_context: int | None) -> int | None:
 
 
 # ----------------------------------------------------------------------------- the data module
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(SplitLoaders, L.LightningDataModule):
     """(text, label) file → balanced 70/10/20 split → right-padded batches (see the module docstring)."""
 
     def __init__(
@@ -222,7 +224,11 @@ class ClassificationDataModule(L.LightningDataModule):
         drop_last: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # num_classes is kept out of the data module's hparams: the classifier stores the head size it
+        # resolved in its own hparams, and LightningCLI passes a checkpoint's hparams back to the model on
+        # `validate/test --ckpt_path`, so (model 2, data None) would fail Lightning's hparams merge check
+        self.save_hyperparameters(ignore=["num_classes"])
+        self._num_classes_arg = num_classes
         self.tokenizer = get_tokenizer(tokenizer, vocab_dir)
         self.vocab_size: int = self.tokenizer.vocab_size
         self.pad_id: int = self.tokenizer.pad_id
@@ -271,7 +277,7 @@ class ClassificationDataModule(L.LightningDataModule):
             if len(r) < width:
                 raise ValueError(f"{src}: row {i + first} has {len(r)} column(s), expected at least {width}: {r[:3]}")
         texts = [r[t_idx] for r in data]
-        labels, names = map_labels([r[l_idx] for r in data], h.label_map, h.num_classes, src, first)
+        labels, names = map_labels([r[l_idx] for r in data], h.label_map, self._num_classes_arg, src, first)
         C = len(names)
         if C < 2:
             raise ValueError(f"{src}: only one class {names} — classification needs at least two")
@@ -315,14 +321,3 @@ class ClassificationDataModule(L.LightningDataModule):
         return DataLoader(self.split(name), batch_size=h.batch_size, shuffle=train, drop_last=train and h.drop_last,
                           num_workers=h.num_workers, collate_fn=self._collate)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -16,13 +16,15 @@ from spine.instruct import (TEMPLATES, Encoded, collate, encode_records, format_
                             split_records)
 from spine.tokenizer import get_tokenizer
 
+from .splits import SplitLoaders
+
 
 def _collate(batch: list[Encoded], pad_id: int, mask_prompt: bool, max_length: int | None):
     return collate([e.ids for e in batch], pad_id=pad_id,
                    prompt_lens=[e.prompt_len for e in batch] if mask_prompt else None, max_length=max_length)
 
 
-class InstructionDataModule(L.LightningDataModule):
+class InstructionDataModule(SplitLoaders, L.LightningDataModule):
     """Alpaca-style records {instruction, input, output} → {"input_ids", "targets"} batches.
 
     template: "alpaca" (book) or "phi3". mask_prompt: no loss on the prompt tokens (book exercise 7.2).
@@ -90,14 +92,3 @@ class InstructionDataModule(L.LightningDataModule):
         return DataLoader(self._encoded[split], batch_size=h.batch_size, shuffle=train,
                           drop_last=train and h.drop_last, num_workers=h.num_workers, collate_fn=fn)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

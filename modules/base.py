@@ -133,6 +133,12 @@ class SpineModule(L.LightningModule):
         dp = mesh["data_parallel"] if "data_parallel" in dims else mesh
         # bf16-mixed: gather and compute in bf16, keep fp32 master shards, reduce grads in fp32
         param_dtype = torch.bfloat16 if str(self.trainer.precision) == "bf16-mixed" else None
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            # Compile block by block (torchtitan's layout): a graph over the whole model would break at
+            # every FSDP2 hook and ran at half the speed of the unsharded model (bench/RESULTS.md §5).
+            for block in self.model.blocks:
+                block.compile()
+            self._compiled = True
         shard_fsdp2(self.model, dp, param_dtype=param_dtype)
         self._sharded = True
 

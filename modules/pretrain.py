@@ -34,7 +34,11 @@ class PretrainModule(SpineModule):
                              "set --model.init_args.chunked_ce=false")
         # compile the loss step whole (model + cross-entropy) rather than the model alone
         if getattr(self, "_loss_fn", None) is None:
-            self._loss_fn = make_loss_fn(self.model, chunked=self.chunked_ce, compile=bool(self.hparams.compile))
+            # sharded: the blocks were compiled one by one in `_shard`; compile the cross-entropy alone
+            compile = bool(self.hparams.compile)
+            if compile and getattr(self, "_sharded", False):
+                compile = "loss"
+            self._loss_fn = make_loss_fn(self.model, chunked=self.chunked_ce, compile=compile)
 
     def _loss(self, batch):
         if getattr(self, "_loss_fn", None) is None:

@@ -200,3 +200,17 @@ class GradProbeModule(PretrainModule):
             grads = {n: _full(p.grad) for n, p in self.model.named_parameters() if p.grad is not None}
             self.probe_dir.mkdir(parents=True, exist_ok=True)
             save_file(grads, str(self.probe_dir / f"grads.rank{self.global_rank}.safetensors"))
+
+
+class FinalWeights(L.Callback):
+    """Every rank saves its model's weights at fit end (`<dirpath>/rank<r>.safetensors`)."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_fit_end(self, trainer, pl_module):
+        state = {k: _full(v) for k, v in pl_module.model.state_dict().items()}
+        # a tied head shares storage with the embedding; safetensors stores each tensor once
+        state = {k: v.clone() for k, v in state.items()}
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(self.dirpath / f"rank{trainer.global_rank}.safetensors"))
