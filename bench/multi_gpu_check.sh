@@ -23,7 +23,7 @@ STEPS=${STEPS:-40}
 PARTS=${PARTS:-"fit bench tests finetune"}  # run a subset, e.g. PARTS=bench
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 FITS=${FITS:-"gpt2-ddp gpt2-fsdp2 qwen3-ddp qwen3-fsdp2"}          # or a subset
-BENCH=${BENCH:-"gpt2-124m:32 qwen3-0.6b:8"}                       # model:per-GPU batch
+BENCH=${BENCH:-"gpt2-124m:32 qwen3-0.6b:16"}                       # model:per-GPU batch
 FSDP2="--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy \
  --trainer.strategy.data_parallel_size=$GPUS --trainer.strategy.tensor_parallel_size=1"
 status=0
