@@ -9,11 +9,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from spine.distributed import unsharded_copy
-from spine.reasoning.evaluate import evaluate
+from spine.reasoning.evaluate import evaluate, evaluate_sharded
 from spine.reasoning.pipelines import Engine, make_pipeline
 from spine.reasoning.problems import load_problems
 from spine.reasoning.prompts import render_prompt
 from spine.traces import format_summary
+
+
+def _all_gather_object(obj):
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 class ReasoningEval(L.Callback):
@@ -22,9 +28,9 @@ class ReasoningEval(L.Callback):
     Each pipeline is a dict: {"name": "greedy"} or {"name": "sc", "n": 8, "temperature": 0.8}.
     Logs `reasoning/<label>_acc`; traces go to `<trace_dir>/<label>-step<step>.jsonl`
     (default trace_dir: `<log_dir>/traces`). Under DDP each rank evaluates a disjoint share
-    (rank r takes problems r, r+W, …, and writes its own trace file); correct counts are summed
-    across ranks once, so every rank logs the same accuracy. Under FSDP2 every rank first gathers
-    the full weights into a plain copy. Results are kept in `self.results`.
+    (rank r takes problems r, r+W, …); the records are gathered once to rank 0, which alone writes
+    the trace and computes the summary that every rank then logs (`evaluate_sharded`). Under FSDP2
+    every rank first gathers the full weights into a plain copy. Results are kept in `self.results`.
     A trace's run config records the global step (the weights are those of that step), so a fit
     resumed from a checkpoint re-evaluating the same step resumes the same file. Metrics go to
     the loggers directly: `self.log` is not allowed in `on_fit_end`.
@@ -72,7 +78,7 @@ class ReasoningEval(L.Callback):
         if self._problems is None:
             probs = load_problems(self.source)
             self._problems = probs[: self.limit] if self.limit else probs
-        shard = self._problems[trainer.global_rank::trainer.world_size]
+        world, rank = trainer.world_size, trainer.global_rank
         # each rank decodes its own share for as long as it needs: a sharded (FSDP2) model would have to
         # run its forwards in lock-step, so it is gathered into a plain copy on every rank first
         engine = Engine(unsharded_copy(pl_module.model), pl_module.tokenizer, **self.engine_args)
@@ -81,18 +87,16 @@ class ReasoningEval(L.Callback):
             spec = dict(spec)
             label = self._label(spec)
             pipeline = make_pipeline(spec.pop("name"), **spec)
-            suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-            path = out_dir / f"{label}-step{trainer.global_step}{suffix}.jsonl"
-            s = None
-            if shard:  # more ranks than problems leaves some ranks without any, yet they must reduce
-                report = evaluate(shard, engine, pipeline, trace_path=path, source=self.source,
-                                  extra={"global_step": trainer.global_step})
-                s = report.summary
-            local = [float(s.n_correct), float(s.n), float(s.total_tokens), float(s.total_seconds)] if s else [0.0] * 4
-            counts = torch.tensor(local, dtype=torch.float64, device=pl_module.device)
-            if trainer.world_size > 1:
-                counts = trainer.strategy.reduce(counts, reduce_op="sum")
-            n_correct, n, tokens, seconds = counts.tolist()
+            path = out_dir / f"{label}-step{trainer.global_step}.jsonl"
+            extra = {"global_step": trainer.global_step}
+            if world > 1:
+                s = evaluate_sharded(self._problems, engine, pipeline, rank=rank, world_size=world,
+                                     gather=_all_gather_object, broadcast=trainer.strategy.broadcast,
+                                     trace_path=path, source=self.source, extra=extra)
+            else:
+                s = evaluate(self._problems, engine, pipeline, trace_path=path, source=self.source,
+                             extra=extra).summary
+            n_correct, n, tokens, seconds = s.n_correct, s.n, s.total_tokens, s.total_seconds
             acc = n_correct / max(n, 1)
             key = f"reasoning/{label}_acc"
             # self.log is not allowed in on_fit_end: write to the loggers directly
@@ -104,7 +108,7 @@ class ReasoningEval(L.Callback):
                                  "tokens_per_problem": tokens / max(n, 1), "seconds_per_problem": seconds / max(n, 1),
                                  "trace": str(path)})
             if trainer.is_global_zero:
-                table = f"\n{format_summary(s)}" if s is not None and trainer.world_size == 1 else ""
+                table = f"\n{format_summary(s)}"
                 rank_zero_info(f"[reasoning eval @ step {trainer.global_step}] {label}: accuracy {acc:.3f} "
                                f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem{table}\n"
                                f"traces: {path}")

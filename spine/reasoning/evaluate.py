@@ -169,3 +169,62 @@ def _in_memory_records(results: Sequence[ProblemResult], pipeline: Pipeline):
     for r in results:
         out.extend(result_records(_W, r, pipeline, None))
     return out
+
+
+def evaluate_sharded(
+    problems: Sequence[Problem],
+    engine: Engine,
+    pipeline: Pipeline,
+    *,
+    rank: int,
+    world_size: int,
+    gather: Callable[[Any], list[Any]],
+    broadcast: Callable[[Any], Any],
+    trace_path: str | Path | None = None,
+    source: str = "problems",
+    checkpoint_sha256: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Summary:
+    """`evaluate` split over `world_size` processes; only rank 0 touches the trace file.
+
+    Every rank calls this with the same `problems`. Rank 0 opens (or resumes) the trace and tells
+    the others which problems are done; rank r decodes problems r, r + W, … of the rest; the records
+    are gathered to rank 0 (`gather(obj)` returns the list of every rank's obj on rank 0), which
+    writes them in problem order and summarises. Returns the same `Summary` on every rank
+    (`broadcast(obj)` sends rank 0's obj to all). The collectives are passed in, so any launcher works.
+    """
+    cfg = run_config(engine, pipeline, source=source, checkpoint_sha256=checkpoint_sha256, extra=extra)
+    writer = TraceWriter(trace_path, run_config=cfg) if (rank == 0 and trace_path is not None) else None
+    header = (writer.run_id, writer.config_hash, writer.done_ids()) if writer is not None else ("memory", "memory", set())
+    try:
+        run_id, chash, done = broadcast(header)
+        todo = [p for p in problems if p.id not in done]
+        results = pipeline.run(engine, todo[rank::world_size]) if todo[rank::world_size] else []
+
+        class _Stamp:  # builds records that rank 0's writer accepts
+            @staticmethod
+            def make_record(**f):
+                from ..traces import TraceRecord
+
+                return TraceRecord(run_id=run_id, config_hash=chash, **f)
+
+        mine = [rec.to_dict() for r in results for rec in result_records(_Stamp, r, pipeline, checkpoint_sha256)]
+        everything = gather(mine)
+        summary = None
+        if rank == 0:
+            from ..traces import TraceRecord
+
+            order = {p.id: i for i, p in enumerate(problems)}
+            records = sorted((TraceRecord.from_dict(d) for part in everything for d in part),
+                             key=lambda r: (order.get(r.problem_id, -1), r.sample_index))
+            if writer is not None:
+                for rec in records:
+                    writer.write(rec)
+                writer.close()
+                _, records = read_traces(trace_path)
+            wanted = set(order)
+            summary = summarize([r for r in records if r.problem_id in wanted])
+    finally:
+        if writer is not None:
+            writer.close()
+    return broadcast(summary)
