@@ -214,6 +214,8 @@ class SpineModule(L.LightningModule):
         self.normalizer.rescale_((p for g in optimizer.param_groups for p in g["params"]),
                                  accumulate=trainer.accumulate_grad_batches, world_size=world,
                                  all_reduce=all_reduce, device=self.device)
+        # the step's token-mean loss over every micro-batch of every rank (reduced with the token count)
+        self.log("train_loss", self.normalizer.step_loss, prog_bar=True)
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict) -> None:

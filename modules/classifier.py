@@ -106,7 +106,6 @@ class ClassifierModule(SpineModule):
         logits, loss_sum = self._logits_loss(batch)
         n = batch["labels"].numel()
         self.train_acc(logits.argmax(-1), batch["labels"])
-        self.log("train_loss", loss_sum.detach() / n, prog_bar=True, batch_size=n)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
         # One target per example, so "token" normalisation is example normalisation: the objective is
         # the mean cross-entropy over the examples of the accumulation window. Equal micro-batches would

@@ -24,7 +24,7 @@ class InstructionModule(SpineModule):
     lora: {rank, alpha, targets, dropout}: only the adapters train (`spine.lora`).
     export_dir: at the end of fit, write a spine checkpoint there (adapters merged, plain GPT names,
       loadable by `load_checkpoint` / `init_from`), plus `<export_dir>.lora.safetensors` with LoRA.
-    Logs train_loss (token mean of the micro-batch), val_loss and test_loss (token-weighted over the split).
+    Logs train_loss (the optimizer step's token mean over all micro-batches and ranks), val_loss and test_loss (token-weighted over the split).
     """
 
     def __init__(self, *args: Any, lora: dict | None = None, chunked_ce: bool = False,
@@ -49,7 +49,6 @@ class InstructionModule(SpineModule):
 
     def training_step(self, batch, batch_idx):
         loss_sum, n = self._loss(batch)
-        self.log("train_loss", loss_sum.detach() / n.clamp_min(1), prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return self.backward_loss(loss_sum, n)
 
     def _eval(self, batch, metric: MeanMetric) -> None:

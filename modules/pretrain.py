@@ -14,7 +14,7 @@ from .base import SpineModule
 class PretrainModule(SpineModule):
     """Next-token prediction on batches {"input_ids", "targets"} (targets = inputs shifted by one).
 
-    Logs `train_loss` (token mean of the micro-batch), `val_loss` (token-weighted over the whole
+    Logs `train_loss` (the optimizer step's token mean over all micro-batches and ranks), `val_loss` (token-weighted over the whole
     validation set, synced across devices) and `val_ppl = exp(val_loss)`.
     """
 
@@ -49,7 +49,6 @@ class PretrainModule(SpineModule):
         loss_sum, n = self._loss(batch)
         B, T = batch["input_ids"].shape
         self.flops_per_batch = int(self.model.config.flops_per_token(T) * B * T)
-        self.log("train_loss", loss_sum.detach() / n.clamp_min(1), prog_bar=True, batch_size=B)
         return self.backward_loss(loss_sum, n, reference=B * T)
 
     def validation_step(self, batch, batch_idx):

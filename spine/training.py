@@ -107,11 +107,15 @@ class TokenNormalizer:
 
     Usage per micro-batch: `loss_for_backward = normalizer.micro_batch(loss_sum, n_tokens, reference)`;
     before the optimizer step: `normalizer.rescale_(params, accumulate, world_size, all_reduce)`.
-    Counts stay on the device: nothing here waits for the GPU.
+    Counts stay on the device: nothing here waits for the GPU. The summed loss rides along in the
+    same all-reduce, so `step_loss` is the optimizer step's global token-mean loss (all micro-batches,
+    all ranks) at no extra collective.
     """
 
     reference: float | None = None
     tokens: torch.Tensor | float = 0.0
+    loss: torch.Tensor | float = 0.0
+    step_loss: torch.Tensor | None = None
 
     def micro_batch(self, loss_sum: torch.Tensor, n_tokens: torch.Tensor | int,
                     reference: int | None = None) -> torch.Tensor:
@@ -121,6 +125,7 @@ class TokenNormalizer:
             self.reference = float(reference) if reference else max(float(n_tokens), 1.0)
         n = n_tokens.detach().to(torch.float64) if isinstance(n_tokens, torch.Tensor) else float(n_tokens)
         self.tokens = self.tokens + n
+        self.loss = self.loss + loss_sum.detach().to(torch.float64)
         return loss_sum / self.reference
 
     @torch.no_grad()
@@ -132,10 +137,13 @@ class TokenNormalizer:
         The trainer divided each micro-batch loss by `accumulate` and DDP averaged over
         `world_size`; both are undone here and replaced by the global token count.
         """
-        tokens = torch.as_tensor(self.tokens, dtype=torch.float64, device=device)
+        both = torch.stack([torch.as_tensor(self.tokens, dtype=torch.float64, device=device),
+                            torch.as_tensor(self.loss, dtype=torch.float64, device=device)])
         if all_reduce is not None and world_size > 1:
-            tokens = all_reduce(tokens)
-        self.tokens = 0.0
+            both = all_reduce(both)
+        tokens = both[0]
+        self.step_loss = (both[1] / tokens.clamp_min(1.0)).to(torch.float32)
+        self.tokens, self.loss = 0.0, 0.0
         if self.reference is None:
             return torch.ones((), device=device)
         factor = (self.reference * accumulate * world_size / tokens.clamp_min(1.0)).to(torch.float32)
@@ -145,11 +153,12 @@ class TokenNormalizer:
         return factor
 
     def state_dict(self) -> dict:
-        return {"reference": self.reference, "tokens": float(self.tokens)}
+        return {"reference": self.reference, "tokens": float(self.tokens), "loss": float(self.loss)}
 
     def load_state_dict(self, state: dict) -> None:
         self.reference = state.get("reference")
         self.tokens = float(state.get("tokens", 0.0))
+        self.loss = float(state.get("loss", 0.0))
 
 
 def lm_loss_sum(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, *, chunked: bool = False,
