@@ -1,7 +1,11 @@
 """The `spine` command: LightningCLI for fit/validate/test/predict, jsonargparse subcommands for the rest."""
 from __future__ import annotations
 
+import os
 import sys
+
+# Errors that mean "your input is wrong" (a missing file, a bad value): one line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -19,15 +23,23 @@ def _lightning_cli(args: list[str] | None) -> int:
             parser.link_arguments("data.pad_id", "model.init_args.pad_id", apply_on="instantiate")
             parser.link_arguments("data.context_length", "model.init_args.context_length", apply_on="instantiate")
 
-    SpineCLI(
-        SpineModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    try:
+        SpineCLI(
+            SpineModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            auto_configure_optimizers=False,
+        )
+    except USER_ERRORS as e:
+        if os.environ.get("SPINE_DEBUG"):
+            raise
+        command = (args or sys.argv[1:] or ["fit"])[0]
+        print(f"spine {command}: error: {type(e).__name__}: {e}\n(set SPINE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 2
     return 0
 
 
