@@ -90,6 +90,7 @@ class ReasoningEval(L.Callback):
             path = out_dir / f"{label}-step{trainer.global_step}.jsonl"
             extra = {"global_step": trainer.global_step}
             if world > 1:
+                extra["world_size"] = world  # the shards decide which prompts share a (seeded) batch
                 s = evaluate_sharded(self._problems, engine, pipeline, rank=rank, world_size=world,
                                      gather=_all_gather_object, broadcast=trainer.strategy.broadcast,
                                      trace_path=path, source=self.source, extra=extra)

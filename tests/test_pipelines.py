@@ -185,6 +185,7 @@ def test_engine_settings_and_prompt():
     eng = _engine(max_new_tokens=12, stop_strings=["\nQuestion:"])
     assert eng.prompt_for(PROBLEMS[1]) == "Question: two plus two?\nAnswer:"
     assert eng.settings() == {"template": "synthetic", "chat": False, "enable_thinking": False,
-                              "max_new_tokens": 12, "stop_strings": ["\nQuestion:"]}
+                              "max_new_tokens": 12, "stop_strings": ["\nQuestion:"],
+                              "batch_size": eng.batch_size}
     assert SelfConsistency(n=3, temperature=0.5).config() == {
         "pipeline": "self_consistency", "n": 3, "temperature": 0.5, "top_k": None, "top_p": None, "seed": 0}

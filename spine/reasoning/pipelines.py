@@ -73,9 +73,14 @@ class Engine:
         return render_prompt(problem, self.template)
 
     def settings(self) -> dict[str, Any]:
-        """What changes the completions (goes into the run config hash; batch size does not)."""
+        """What changes the completions (goes into the run config hash).
+
+        The batch size is part of it: sampled completions are seeded per generation batch, so another
+        batch size draws other samples (and greedy ones can round differently with other padding).
+        """
         out = {"template": self.template, "chat": self.chat, "enable_thinking": self.enable_thinking,
-               "max_new_tokens": self.max_new_tokens, "stop_strings": self.stop_strings}
+               "max_new_tokens": self.max_new_tokens, "stop_strings": self.stop_strings,
+               "batch_size": self.batch_size}
         if self.stop_token_ids:  # only when set, so older run configs keep their hash
             out["stop_token_ids"] = self.stop_token_ids
         return out
