@@ -17,7 +17,13 @@ class LossCurvePlot(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         value = trainer.callback_metrics.get("train_loss")
         if value is not None:
-            self.train.append((trainer.global_step, float(value)))
+            # keep the device tensor: float() here would wait for the GPU on every step; the values
+            # are read once, in state_dict / at fit end
+            self.train.append((trainer.global_step, value.detach().clone() if hasattr(value, "detach") else value))
+
+    def _train_floats(self) -> list[tuple[int, float]]:
+        self.train = [(s, float(v)) for s, v in self.train]
+        return self.train
 
     def on_validation_end(self, trainer, pl_module):
         # Not on_validation_epoch_end: Lightning runs callbacks' epoch-end hooks *before* the module's
@@ -29,7 +35,7 @@ class LossCurvePlot(L.Callback):
             self.val.append((trainer.global_step, float(value)))
 
     def state_dict(self):
-        return {"train": self.train, "val": self.val}
+        return {"train": self._train_floats(), "val": self.val}
 
     def load_state_dict(self, state):
         self.train, self.val = list(state.get("train", [])), list(state.get("val", []))
@@ -38,6 +44,7 @@ class LossCurvePlot(L.Callback):
         # `trainer.log_dir` is a collective (a broadcast) under DDP: every rank must call it, so the
         # directory is resolved before the rank-0 check.
         out_dir = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+        self._train_floats()
         if not trainer.is_global_zero or not (self.train or self.val):
             return
         import matplotlib
