@@ -11,6 +11,20 @@ from spine.checkpoint import load_checkpoint, save_checkpoint
 from spine.distributed import build_from_state, compute_dtype, full_state_dict, is_sharded
 
 
+def require_gatherable_weights(trainer, callback: str) -> None:
+    """Refuse Lightning's FSDPStrategy (FSDP1) for callbacks that read the model's whole weights.
+
+    FSDP1 flattens parameters into shards that spine cannot gather the way it gathers FSDP2's DTensors:
+    the callback would read partial tensors (or deadlock). FSDP2 is supported.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        raise ValueError(f"{callback} does not support --trainer.strategy=fsdp (FSDP1). Use FSDP2: "
+                         "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy "
+                         "--trainer.strategy.data_parallel_size=<devices> --trainer.strategy.tensor_parallel_size=1")
+
+
 class CheckpointParityError(RuntimeError):
     """A saved checkpoint did not reproduce the live model's logits."""
 
@@ -134,6 +148,9 @@ class SpineCheckpoint(L.Callback):
             return None
         self.exported.append(target)
         return target
+
+    def setup(self, trainer, pl_module, stage):
+        require_gatherable_weights(trainer, "SpineCheckpoint")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         if self.on_save:

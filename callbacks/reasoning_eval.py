@@ -15,6 +15,8 @@ from spine.reasoning.problems import load_problems
 from spine.reasoning.prompts import render_prompt
 from spine.traces import format_summary
 
+from .checkpoint import require_gatherable_weights
+
 
 def _all_gather_object(obj):
     out = [None] * torch.distributed.get_world_size()
@@ -113,6 +115,9 @@ class ReasoningEval(L.Callback):
                 rank_zero_info(f"[reasoning eval @ step {trainer.global_step}] {label}: accuracy {acc:.3f} "
                                f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem{table}\n"
                                f"traces: {path}")
+
+    def setup(self, trainer, pl_module, stage):
+        require_gatherable_weights(trainer, "ReasoningEval")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:

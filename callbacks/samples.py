@@ -7,6 +7,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from spine.distributed import unsharded_copy
 from spine.generation import generate
 
+from .checkpoint import require_gatherable_weights
+
 
 class SampleGeneration(L.Callback):
     """Every `every_n_steps` optimizer steps (and at fit end) continue each prompt and log the text.
@@ -49,6 +51,9 @@ class SampleGeneration(L.Callback):
             exp = getattr(trainer.logger, "experiment", None)
             if exp is not None and hasattr(exp, "add_text"):
                 exp.add_text("samples", "\n\n".join(lines), trainer.global_step)
+
+    def setup(self, trainer, pl_module, stage):
+        require_gatherable_weights(trainer, "SampleGeneration")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:

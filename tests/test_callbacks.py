@@ -1,4 +1,5 @@
-"""LossCurvePlot: keeps train losses as tensors during fit (no per-step host sync), floats in its state."""
+"""Callback behaviour without a Trainer: LossCurvePlot keeps train losses as tensors during fit (no
+per-step host sync) and floats in its state; the weight-reading callbacks refuse FSDP1."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -27,3 +28,15 @@ def test_loss_curve_records_without_reading_tensors_and_checkpoints_floats(tmp_p
     restored = LossCurvePlot()
     restored.load_state_dict(cb.state_dict())
     assert restored.train == list(enumerate(losses))
+
+
+def test_callbacks_that_read_whole_weights_refuse_fsdp1():
+    import pytest
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from callbacks import ReasoningEval, SampleGeneration, SpineCheckpoint
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy())
+    for cb in (SpineCheckpoint(), SampleGeneration(prompts=["x"]), ReasoningEval()):
+        with pytest.raises(ValueError, match=r"does not support --trainer.strategy=fsdp \(FSDP1\).*ModelParallelStrategy"):
+            cb.setup(trainer, None, "fit")
