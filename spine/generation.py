@@ -12,7 +12,7 @@ prompt + max_new_tokens fits (the start of a long prompt is dropped, as chat UIs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +179,7 @@ def generate(
     decode_step=None,
     compile_decode: bool = False,
     sync_every: int = 8,
+    stop_when: Callable[[list[int]], bool] | None = None,
 ) -> GenerationOutput:
     """Generate continuations for a batch of token-id prompts of any lengths.
 
@@ -189,6 +190,9 @@ def generate(
     against). `decode_step` optionally replaces the one-token cached forward; `compile_decode=True`
     uses `compiled_decode_step(model)` (torch.compile, CUDA graphs on GPU). The host checks whether
     every row has stopped only every `sync_every` steps, so decoding never waits on the GPU per token.
+    `stop_when(tokens)`: a host-side test (e.g. "the text contains a stop string") run at those same
+    checks on each running row's generated tokens; True stops the row there, with everything generated
+    so far (at most `sync_every - 1` tokens past the point where it became true).
     """
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -261,8 +265,18 @@ def generate(
                 done = done | hit
             if step == max_new_tokens - 1:
                 break
-            if stop_mask is not None and (step + 1) % sync_every == 0 and bool(done.all()):
-                break
+            if (step + 1) % sync_every == 0 and (stop_mask is not None or stop_when is not None):
+                if stop_when is not None:
+                    running = (~done).nonzero().flatten().tolist()
+                    if running:
+                        so_far = out_tok[running, :step + 1].tolist()
+                        hit = [r for r, toks in zip(running, so_far) if stop_when(toks)]
+                        if hit:
+                            hit_t = torch.tensor(hit, device=device)
+                            length[hit_t] = step + 1
+                            done[hit_t] = True
+                if bool(done.all()):
+                    break
             if use_cache and fused_step is not None:
                 nxt, lp = fused_step(nxt[:, None], positions[step:step + 1], pad_lens, noise())
                 continue

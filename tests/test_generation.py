@@ -120,6 +120,29 @@ def test_per_row_stop_tokens():
     assert eos.finish_reasons[1] == "stop" and eos.tokens[1] == free.tokens[1][:1]
 
 
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_stop_when_ends_a_row_at_the_next_host_check(sync_every):
+    """stop_when (a host test, e.g. "contains a stop string") ends only the rows it names, at the first
+    check after it became true; those rows keep what they generated, the others are unchanged."""
+    model, prompts = _peaked("gpt2-tiny"), _prompts()
+    free = generate(model, prompts, max_new_tokens=16)
+    row0 = free.tokens[0]
+    trigger = row0[5]  # stop row 0 once it has produced this id
+    first = row0.index(trigger)
+    calls = []
+
+    def stop_when(tokens):
+        calls.append(len(tokens))
+        return trigger in tokens and tokens[:len(row0)] == row0[:len(tokens)]  # row 0 only
+
+    out = generate(model, prompts, max_new_tokens=16, stop_when=stop_when, sync_every=sync_every)
+    stop_len = (first // sync_every + 1) * sync_every  # the first check at or after the trigger
+    assert out.tokens[0] == row0[:stop_len] and out.finish_reasons[0] == "stop"
+    assert out.tokens[1:] == free.tokens[1:] and out.finish_reasons[1:] == ["length", "length"]
+    _lp_close(out.logprobs[1:], free.logprobs[1:], 1e-5)
+    assert calls and all(n % sync_every == 0 for n in calls)  # only at host checks, never per token otherwise
+
+
 def test_errors_and_truncate_policy():
     model = _peaked("gpt2-tiny")  # context_length 128
     with pytest.raises(ValueError, match="prompt 1 is empty"):

@@ -172,13 +172,18 @@ def test_engine_errors():
 
 
 def test_stop_strings_cut_at_the_earliest(fake):
-    fake({"half of one?": ["\\boxed{1/2}\nQuestion: more\n\nAnswer: 7"], "two plus two?": ["4 and 5"],
-          "three times three?": ["Answer: \\boxed{9}"]})
+    gen = fake({"half of one?": ["\\boxed{1/2}\nQuestion: more\n\nAnswer: 7"], "two plus two?": ["4 and 5"],
+                "three times three?": ["Answer: \\boxed{9}"]})
     eng = _engine(stop_strings=["\n\n", "\nQuestion:"])
     comps = eng.complete([eng.prompt_for(p) for p in PROBLEMS])
     assert [c.text for c in comps] == ["\\boxed{1/2}", "4 and 5", "Answer: \\boxed{9}"]
     assert [c.finish_reason for c in comps] == ["stop_string", "length", "length"]
-    assert comps[0].tokens == len(TOK.encode("\\boxed{1/2}\nQuestion: more\n\nAnswer: 7"))  # all were paid for
+    assert comps[0].tokens == len(TOK.encode("\\boxed{1/2}\nQuestion: more\n\nAnswer: 7"))  # the fake's tokens
+    # the engine hands generate a host-side test that ends a row once its text holds a stop string
+    stop_when = gen.calls[-1]["stop_when"]
+    assert stop_when(TOK.encode("\\boxed{1/2}\nQuestion")) is False
+    assert stop_when(TOK.encode("\\boxed{1/2}\nQuestion:")) is True
+    assert stop_when(TOK.encode("4 and 5\n\n")) is True
 
 
 def test_engine_settings_and_prompt():

@@ -89,7 +89,9 @@ class Engine:
                  top_p: float | None = None, seed: int | None = None) -> list[Completion]:
         """One completion per prompt, in order, generated `batch_size` prompts at a time.
 
-        Batch `b` is seeded with `seed + b * batch_size`, so batches draw different noise.
+        Batch `b` is seeded with `seed + b * batch_size`, so batches draw different noise. A row stops
+        at EOS, at a stop token, or (checked every few tokens) once its text contains a stop string;
+        the text is cut before the stop string, and `tokens` counts what was generated.
         """
         tok = self.tokenizer
         special = "all" if self.chat else frozenset()
@@ -101,12 +103,17 @@ class Engine:
             res = generate(self.model, chunk, max_new_tokens=self.max_new_tokens, temperature=temperature,
                            top_k=top_k, top_p=top_p, seed=None if seed is None else seed + start,
                            eos_id=tok.eos_id, stop_tokens=self.stop_token_ids or None, pad_id=tok.pad_id,
-                           on_overflow="truncate")
+                           on_overflow="truncate", stop_when=self._stopped if self.stop_strings else None)
             dt = (time.perf_counter() - t0) / len(chunk)
             for toks, text, reason in zip(res.tokens, res.texts(tok), res.finish_reasons):
                 cut = self._cut(text)
                 out.append(Completion(cut, len(toks), dt, "stop_string" if cut != text else reason))
         return out
+
+    def _stopped(self, tokens: list[int]) -> bool:
+        """Whether generated `tokens` already contain a stop string (decoding of the row can end)."""
+        text = self.tokenizer.decode(tokens)
+        return self._cut(text) != text
 
     def _cut(self, text: str) -> str:
         """`text` up to the earliest occurrence of any stop string."""
