@@ -124,7 +124,7 @@ def test_reasoning_eval_splits_problems_and_gathers_once(runs):
     assert [p.name for p in traces] == [f"greedy-step{STEPS}.jsonl"]  # one file, written by rank 0 only
     recs = [json.loads(line) for line in traces[0].read_text().splitlines()[1:]]
     ids = [r["problem_id"] for r in recs]
-    assert len(ids) == len(set(ids)) == N_EVAL  # each problem once (rank 0 decoded 0, 2, ..., rank 1 the rest)
+    assert len(ids) == len(set(ids)) == N_EVAL  # each problem once, from both ranks' halves
     correct = sum(r["correct"] for r in recs)
     # logged once (rank 0's logger), from the gathered records; both ranks got the same summary
     rows = [line.split(",") for line in (root / "logs" / "version_0" / "metrics.csv").read_text().splitlines()]
