@@ -212,15 +212,15 @@ def consolidate(path: str | Path, out: str | Path, *, tokenizer: Any | None = No
 
     cfg, state, files, meta = read_lightning_checkpoint(path)
     net = build_from_state(cfg, state, dtype=dtype, where=str(path))
-    if tokenizer is None and files:
-        with tempfile.TemporaryDirectory() as tmp:
+    # the tokenizer is rebuilt from its files in a temporary directory, which must outlive the save
+    with tempfile.TemporaryDirectory() as tmp:
+        if tokenizer is None and files:
             for name, data in files.items():
                 if Path(name).name != name:
                     raise ValueError(f"{path}: tokenizer file name {name!r} must be a plain file name")
                 (Path(tmp) / name).write_bytes(data)
             tokenizer = load_tokenizer(tmp)
-            return save_checkpoint(out, net, tokenizer, metadata=_provenance(path, meta))
-    return save_checkpoint(out, net, tokenizer, metadata=_provenance(path, meta))
+        return save_checkpoint(out, net, tokenizer, metadata=_provenance(path, meta))
 
 
 def tokenizer_files(tokenizer: Any) -> dict[str, torch.Tensor]:

@@ -124,7 +124,7 @@ def test_reasoning_eval_splits_problems_and_gathers_once(runs):
     assert [p.name for p in traces] == [f"greedy-step{STEPS}.jsonl"]  # one file, written by rank 0 only
     recs = [json.loads(line) for line in traces[0].read_text().splitlines()[1:]]
     ids = [r["problem_id"] for r in recs]
-    assert len(ids) == len(set(ids)) == N_EVAL  # each problem once, from both ranks' halves
+    assert len(ids) == len(set(ids)) == N_EVAL  # each problem exactly once
     correct = sum(r["correct"] for r in recs)
     # logged once (rank 0's logger), from the gathered records; both ranks got the same summary
     rows = [line.split(",") for line in (root / "logs" / "version_0" / "metrics.csv").read_text().splitlines()]
@@ -209,4 +209,14 @@ def test_consolidate_errors_name_the_path(tmp_path, capsys):
     (tmp_path / "junk.ckpt").write_bytes(b"not a pickle")
     assert main(["consolidate", str(tmp_path / "junk.ckpt"), str(tmp_path / "o4")]) == 2
     assert "junk.ckpt: cannot be read as a Lightning checkpoint" in capsys.readouterr().err
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+    from spine.config import ModelConfig
+    from spine.distributed import MODEL_CONFIG_KEY, TOKENIZER_FILES_KEY
+    from spine.model import GPT
+
+    cfg = ModelConfig.from_preset("gpt2-tiny", vocab_size=64, context_length=16, d_model=32, n_layer=1, n_head=2)
+    weights = {f"model.{k}": v for k, v in GPT(cfg).state_dict().items()}
+    torch.save({"state_dict": weights, MODEL_CONFIG_KEY: cfg.to_dict(),
+                TOKENIZER_FILES_KEY: {"../escape.json": torch.zeros(3, dtype=torch.uint8)}}, tmp_path / "evil.ckpt")
+    assert main(["consolidate", str(tmp_path / "evil.ckpt"), str(tmp_path / "o5")]) == 2
+    assert "tokenizer file name '../escape.json' must be a plain file name" in capsys.readouterr().err
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6)) and not (tmp_path / "escape.json").exists()
