@@ -1,6 +1,9 @@
 """Classification: SMS balancing/split counts, pandas parity, pooling under padding, freezing, errors, fits."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import lightning.pytorch as L
 import numpy as np
 import pytest
@@ -11,6 +14,9 @@ from datamodules.classification import (ClassificationDataModule, balance_indice
 from spine.classify import classify, freeze_for_classification, pool_hidden, replace_head
 from spine.config import ModelConfig
 from spine.model import GPT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+from fit_runner import run_in_process  # noqa: E402  (shared with the other CLI tests)
 
 
 def sms(shared_data):
@@ -189,29 +195,11 @@ def test_classification_from_checkpoint_with_mismatched_vocab(tmp_path):
         ClassifierModule(init_from=str(tmp_path / "ck"), vocab_size=50257)
 
 
-def run_cli(args: list[str]) -> tuple[int | None, str]:
-    """`spine ARGS` in this process (fast: imports are shared); returns (exit code, stdout)."""
-    import contextlib
-    import io
-    import sys
-    from unittest import mock
-
-    from modules.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), mock.patch.object(sys, "argv", ["spine"]):
-        try:
-            code = main(args)
-        except SystemExit as e:  # --print_config exits after printing
-            code = e.code
-    return code, buf.getvalue()
-
-
 @pytest.mark.parametrize("name", ["spam-gpt2", "spam-pretrained", "spam-scratch", "spam-lora"])
 def test_spam_configs_parse(name):
     import yaml
 
-    code, out = run_cli(["fit", "--config", f"configs/{name}.yaml", "--print_config"])
+    code, out = run_in_process(["fit", "--config", f"configs/{name}.yaml", "--print_config"])
     cfg = yaml.safe_load(out)
     assert code == 0 and cfg["model"]["class_path"] == "modules.classifier.ClassifierModule"
     assert cfg["data"]["init_args"]["batch_size"] == 8 and cfg["trainer"]["max_epochs"] == 5
@@ -222,7 +210,7 @@ def test_spam_configs_parse(name):
 
 
 def test_spam_scratch_cli_runs_two_steps(tmp_path, shared_data, gpt2_vocab_dir):
-    code, _ = run_cli(["fit", "--config", "configs/spam-scratch.yaml", "--trainer.max_steps=2",
+    code, _ = run_in_process(["fit", "--config", "configs/spam-scratch.yaml", "--trainer.max_steps=2",
                        "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.callbacks=[]",
                        "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
                        f"--trainer.default_root_dir={tmp_path}", f"--data.init_args.path={sms(shared_data)}",

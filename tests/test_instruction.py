@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import lightning.pytorch as L
 import pytest
@@ -9,6 +11,9 @@ import torch
 
 from spine.instruct import collate, encode_records, format_input, full_text, prompt_text, split_records
 from spine.tokenizer import get_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+from fit_runner import run_in_process  # noqa: E402  (shared with the other CLI tests)
 
 PAD = 50256
 
@@ -181,29 +186,11 @@ def test_tokenizer_differs_from_checkpoint_is_a_clear_error(tmp_path, gpt2_vocab
         trainer.fit(model, dm)
 
 
-def run_cli(args: list[str]) -> tuple[int | None, str]:
-    """`spine ARGS` in this process; returns (exit code, stdout)."""
-    import contextlib
-    import io
-    import sys
-    from unittest import mock
-
-    from modules.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), mock.patch.object(sys, "argv", ["spine"]):
-        try:
-            code = main(args)
-        except SystemExit as e:  # --print_config exits after printing
-            code = e.code
-    return code, buf.getvalue()
-
-
 @pytest.mark.parametrize("name", ["instruct-gpt2-355m", "instruct-small", "instruct-lora"])
 def test_instruct_configs_parse(name):
     import yaml
 
-    code, out = run_cli(["fit", "--config", f"configs/{name}.yaml", "--print_config"])
+    code, out = run_in_process(["fit", "--config", f"configs/{name}.yaml", "--print_config"])
     cfg = yaml.safe_load(out)
     assert code == 0 and cfg["model"]["class_path"] == "modules.instruction.InstructionModule"
     if name == "instruct-gpt2-355m":  # the book's chapter-7 recipe

@@ -42,6 +42,23 @@ def spine_fit(config: str, cwd_root: Path, *extra: str, timeout: float = 180,
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def run_in_process(args: list[str]) -> tuple[int | None, str]:
+    """`spine ARGS` in this process (fast: imports are shared); returns (exit code, stdout)."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from modules.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), mock.patch.object(sys, "argv", ["spine"]):
+        try:
+            code = main(args)
+        except SystemExit as e:  # --print_config exits after printing
+            code = e.code
+    return code, buf.getvalue()
+
+
 # A tiny `spine fit` used by the multi-process tests: gpt2-tiny (d_model 32, 2 layers), byte tokenizer,
 # synthetic corpus of 40 problems (150 train windows of 32 tokens, 16 val windows), AdamW, clipping,
 # validation + Lightning and spine checkpoints every EVERY steps, and the RankRecorder probe.
