@@ -65,18 +65,18 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
 
 
 def full_state_dict(model: nn.Module, *, rank0_only: bool = True) -> dict[str, torch.Tensor]:
-    """The whole (unsharded) state dict on CPU. A collective when `model` is sharded: call on every rank.
+    """The whole (unsharded) state dict. A collective when `model` is sharded: call on every rank.
 
-    With `rank0_only`, ranks other than 0 get an empty dict (and no memory for it). A model that is
-    not sharded just returns its own state dict on CPU.
+    With `rank0_only`, rank 0 gets it on CPU and the other ranks an empty dict (and no memory for it);
+    without, every rank gets it on the model's device (for an on-device copy, no trip through the
+    host). A model that is not sharded just returns its own state dict on CPU.
     """
     if not is_sharded(model):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
-    sd = get_model_state_dict(model, options=opts)
-    return {k: v.detach().cpu() for k, v in sd.items()}
+    return {k: v.detach() for k, v in get_model_state_dict(model, options=opts).items()}
 
 
 def build_from_state(cfg: ModelConfig, state: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",
