@@ -10,6 +10,16 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
+def _user_error(e: BaseException) -> BaseException:
+    """The error the user should see: jsonargparse wraps one raised in a class's `__init__` (a bad
+    value in a config) in a multi-line "Does not validate against any of the Union subtypes"
+    message whose cause is the class's own one-line error."""
+    while (str(e).startswith("Does not validate against any of the Union subtypes")
+           and isinstance(e.__cause__, USER_ERRORS)):
+        e = e.__cause__
+    return e
+
+
 def _lightning_cli(args: list[str] | None) -> int:
     import lightning.pytorch as L
     from lightning.pytorch.cli import LightningCLI
@@ -37,6 +47,7 @@ def _lightning_cli(args: list[str] | None) -> int:
         if os.environ.get("SPINE_DEBUG"):
             raise
         command = (args or sys.argv[1:] or ["fit"])[0]
+        e = _user_error(e)
         print(f"spine {command}: error: {type(e).__name__}: {e}\n(set SPINE_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 2
