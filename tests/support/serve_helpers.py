@@ -62,7 +62,9 @@ def inprocess_server(engine, *, model_name: str = "tiny", chat_template: str = "
 def start_cli_server(checkpoint: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """`spine serve --checkpoint ... --port 0 ARGS` as a subprocess; returns (process, base_url) once it listens."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "modules.cli", "serve", "--checkpoint", str(checkpoint),
+    # spine.commands.main is what `spine serve` runs; entering there skips `modules` (Lightning) imports
+    entry = "import sys; from spine.commands import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", entry, "serve", "--checkpoint", str(checkpoint),
                              "--host", "127.0.0.1", "--port", "0", "--device", "cpu", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     lines: list[str] = []
