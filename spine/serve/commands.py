@@ -37,6 +37,7 @@ def serve(
     dtype: DType = None,
     tokenizer: Optional[str] = None,
     log_level: Literal["warning", "info", "debug"] = "warning",
+    threads: Optional[int] = None,
 ) -> int:
     """Serve a checkpoint over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models).
 
@@ -55,6 +56,8 @@ def serve(
         dtype: cast the weights (default: as stored).
         tokenizer: tokenizer name or directory, for checkpoints saved without one.
         log_level: uvicorn log level (info logs every request).
+        threads: CPU threads torch uses per op (default: torch's choice); 1 is fastest for small models on a
+            busy machine, where spinning worker threads fight for cores.
     """
     require("fastapi", "spine serve")
     require("uvicorn", "spine serve")
@@ -69,6 +72,12 @@ def serve(
     from .app import build_state, listen, serve as run_server
     from .templates import chat_template_for
 
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     sock = listen(host, port)  # fail on a busy port before paying for the model load
     model, tok = _load(checkpoint, device, dtype, tokenizer)
     template = chat_template_for(tok, chat_template)
