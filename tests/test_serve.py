@@ -83,12 +83,11 @@ def test_greedy_completion_equals_spine_generate(client, ckpt, engine, capsys):
     r = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, logprobs=0,
                                   extra_body={"return_tokens_as_token_ids": True})
     ch = r.choices[0]
-    expected = row.get("tokens", row.get("token_ids"))
-    if row["finish_reason"] == "stop":  # the stop token is generated but not part of the text
-        expected = expected[:-1]
+    generated = row.get("tokens", row.get("token_ids"))
+    expected = generated[:-1] if row["finish_reason"] == "stop" else generated  # a stop token is not text
     assert _ids(ch.logprobs.tokens) == expected
     assert ch.text == row["completion"] and ch.finish_reason == row["finish_reason"]
-    assert r.usage.prompt_tokens == len(prompt.encode()) and r.usage.completion_tokens == len(row["tokens"])
+    assert r.usage.prompt_tokens == len(prompt.encode()) and r.usage.completion_tokens == len(generated)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     # log-probs are the model's: equal to a full forward pass over prompt + completion
     full = torch.tensor([list(prompt.encode()) + expected])
