@@ -178,6 +178,11 @@ def summarize_scores(scores: Sequence[int | None], rubric: Rubric, failed: int =
 def format_judge_summary(s: dict[str, Any]) -> str:
     lo, hi = s["ci95"]
     plo, phi = s["pass_ci95"]
+    if not s["scored"]:  # nothing parsed: no mean to report
+        return ("| rubric | n | scored | missing | failed | mean |\n|---|---:|---:|---:|---:|---:|\n"
+                f"| {s['rubric']} | {s['n']} | 0 | {s['missing']} | {s['failed']} | — (no parsable reply) |")
+    if s["scored"] == 1:
+        lo = hi = float("nan")
     return ("| rubric | n | scored | missing | failed | mean | 95% CI | pass rate (>= {pm}) |\n"
             "|---|---:|---:|---:|---:|---:|---:|---:|\n"
             "| {r} | {n} | {k} | {m} | {f} | {mean:.2f} | {lo:.2f}–{hi:.2f} | {pr:.1f}% ({plo:.1f}–{phi:.1f}%) |"
