@@ -11,15 +11,16 @@ batching, chunking or world size, so a resumed or re-chunked sampled run reprodu
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence
 
 import torch
 
-from .generation import generate as _generate
+from .generation import fit_context, generate as _generate
+from .generation import sample_seed, sequence_logprobs  # noqa: F401 (part of this API)
 
 Prompt = str | Sequence[int]
 
@@ -106,16 +107,11 @@ class Completion:
         return self.sum_logprob / max(1, len(self.logprobs))
 
 
-def sample_seed(seed: int, key: str | int, index: int) -> int:
-    """The 63-bit seed of sample `index` of prompt `key`: a pure function of the three."""
-    h = hashlib.sha256(f"{seed}\x1f{key}\x1f{index}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
 def stop_token_ids(tokenizer: Any) -> set[int]:
     """Every id that ends a turn or a document for this tokenizer (eos, and for Qwen3 both
     `<|im_end|>` and `<|endoftext|>`, so base and chat models stop)."""
     ids = {int(tokenizer.eos_id)}
+    ids.update(int(i) for i in (getattr(tokenizer, "stop_ids", None) or ()))
     for attr in ("im_end_id", "endoftext_id"):
         v = getattr(tokenizer, attr, None)
         if v is not None:
@@ -132,21 +128,24 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
 
 
 class Engine:
-    """Model + tokenizer -> completions for batches of prompts.
+    """Model + tokenizer -> completions for batches of prompts: the one decode loop's front door.
 
     `batch_size` bounds the rows decoded together (samples, not prompts). The engine never changes
-    what a sample is: batch size and chunking change speed only.
+    what a sample is: batch size, chunking and prompt order change speed only. `compile=True`
+    decodes with a compiled one-token step (a CUDA graph on GPU) and keeps cache buffers per shape.
+    `sync_every`: decode steps between host checks (stop strings, finished rows, compaction).
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 16, compile: bool = False):
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, compile: bool = False, sync_every: int = 8):
         if tokenizer is None:
             raise ValueError("Engine needs a tokenizer: the checkpoint has none (save it with its tokenizer, "
                              "or pass one explicitly)")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Engine: batch_size must be an integer >= 1, got {batch_size!r}")
+        for name, v in (("batch_size", batch_size), ("sync_every", sync_every)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Engine: {name} must be an integer >= 1, got {v!r}")
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size = batch_size
-        self.compile = compile
+        self.batch_size, self.compile, self.sync_every = batch_size, compile, sync_every
+        self._cache_pool: dict | None = {} if compile else None
 
     @property
     def context_length(self) -> int:
@@ -165,55 +164,102 @@ class Engine:
 
         keys: one stable id per prompt (e.g. a problem id); sample j of prompt i draws its noise from
         `sample_seed(params.seed, keys[i], j)`. Default keys are the prompt's position, so pass keys
-        whenever the same prompt may arrive in another chunk or order.
+        whenever the same prompt may arrive in another chunk or order. `seed=None` draws a base seed
+        from torch's global RNG (so unseeded calls differ, and `torch.manual_seed` reproduces them).
+        The n samples of a prompt share one prefill; greedy decoding runs one row and copies it n times.
         """
         if isinstance(prompts, str):
             raise TypeError("Engine.generate takes a list of prompts; wrap a single prompt as [prompt]")
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"Engine.generate: params must be a SamplingParams, got {type(params).__name__}")
         if keys is not None and len(keys) != len(prompts):
             raise ValueError(f"Engine.generate: {len(keys)} keys for {len(prompts)} prompts")
+        if not prompts:
+            return []
         keys = list(range(len(prompts))) if keys is None else list(keys)
         ids = [self.encode(p, allowed_special=allowed_special) for p in prompts]
+        for i, p in enumerate(ids):
+            if not p:
+                raise ValueError(f"Engine.generate: prompt {i} is empty; give some text or token ids")
+        ids = fit_context(ids, params.max_new_tokens, self.context_length, on_overflow)
+        base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        rows_per_prompt = 1 if params.greedy else params.n
+        # longest prompts first: batches of similar length waste less padding
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out: list[list[Completion | None]] = [[None] * params.n for _ in ids]
+        for chunk in self._plan(order, rows_per_prompt):
+            for (i, js), comps in zip(chunk, self._run(ids, keys, chunk, params, base)):
+                for j, c in zip(js, comps):
+                    out[i][j] = c
+        if params.greedy and params.n > 1:  # every sample of a greedy prompt is the same completion
+            for row in out:
+                row[1:] = [dataclasses.replace(row[0], index=j) for j in range(1, params.n)]
+        return out  # type: ignore[return-value]
+
+    def _plan(self, order: list[int], rows_per_prompt: int) -> list[list[tuple[int, list[int]]]]:
+        """Chunks of at most `batch_size` rows: (prompt index, its sample indices in this chunk)."""
+        chunks, cur, used = [], [], 0
+        for i in order:
+            js = list(range(rows_per_prompt))
+            while js:
+                take = min(len(js), self.batch_size - used)
+                cur.append((i, js[:take]))
+                js, used = js[take:], used + take
+                if used == self.batch_size:
+                    chunks.append(cur)
+                    cur, used = [], 0
+        if cur:
+            chunks.append(cur)
+        return chunks
+
+    def _run(self, ids, keys, chunk, params: SamplingParams, base: int) -> list[list[Completion]]:
         tok = self.tokenizer
-        stops = sorted(stop_token_ids(tok) | set(params.stop_token_ids))
-        seed = 0 if params.seed is None else params.seed
-        rows = [(i, j) for i in range(len(ids)) for j in range(params.n)]
-        out: list[list[Completion]] = [[] for _ in ids]
-        # reference implementation: one row per call so each row has its own noise stream
-        for i, j in rows:
-            t0 = time.perf_counter()
-            stop_when = None
-            if params.stop:
-                stop_when = lambda toks: _cut_at_stop(tok.decode(toks), params.stop)[1] is not None  # noqa: E731
-            res = _generate(self.model, [ids[i]], max_new_tokens=params.max_new_tokens,
-                            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                            seed=None if params.greedy else sample_seed(seed, keys[i], j), stop_tokens=stops,
-                            pad_id=tok.pad_id, on_overflow=on_overflow, stop_when=stop_when)
-            toks, lps, reason = res.tokens[0], res.logprobs[0], res.finish_reasons[0]
-            body = toks[:-1] if reason == "stop" and toks and toks[-1] in stops else toks
-            text, hit = _cut_at_stop(tok.decode(body), params.stop)
-            stop_reason: str | int | None = hit
-            if hit is None and reason == "stop":
-                stop_reason = toks[-1]
-            out[i].append(Completion(text, toks, lps, "stop" if (reason == "stop" or hit) else "length",
-                                     len(res.prompt_tokens[0]), len(toks), j, time.perf_counter() - t0,
-                                     stop_reason))
-        return out
+        stops = stop_token_ids(tok) | set(params.stop_token_ids)
+        stop_when = None
+        if params.stop:
+            # a stop string ending in the newest `sync_every` tokens lies within this many tokens of the end
+            # (a byte-level token is at least one byte; a character at most four)
+            window = self.sync_every + 4 * max(len(s) for s in params.stop)
+            stop_when = lambda toks: _cut_at_stop(tok.decode(toks[-window:]), params.stop)[1] is not None  # noqa: E731
+        t0 = time.perf_counter()
+        res = _generate(self.model, [ids[i] for i, _ in chunk], repeats=[len(js) for _, js in chunk],
+                        row_seeds=[sample_seed(base, keys[i], j) for i, js in chunk for j in js],
+                        max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_k=params.top_k,
+                        top_p=params.top_p, stop_tokens=sorted(stops), pad_id=tok.pad_id,
+                        compile_decode=self.compile, sync_every=self.sync_every, stop_when=stop_when,
+                        cache_pool=self._cache_pool)
+        seconds = (time.perf_counter() - t0) / len(res.tokens)
+        comps, r = [], 0
+        for i, js in chunk:
+            mine = []
+            for j in js:
+                mine.append(self._completion(res.tokens[r], res.logprobs[r], res.finish_reasons[r],
+                                             len(res.prompt_tokens[r]), j, seconds, stops, params.stop))
+                r += 1
+            comps.append(mine)
+        return comps
 
-
-def sequence_logprobs(model, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Differentiable log p(input_ids[:, t+1] | input_ids[:, :t+1]) under `model`: shape (B, T-1), float32.
-
-    `mask` (B, T), true where a token is to be scored (e.g. completion tokens); positions whose target
-    is masked out are 0. Sequences are right-padded (causal attention: no real token sees a pad).
-    Rows past `vocab_size` (a padded vocabulary) are excluded from the normaliser, as in generation.
-    """
-    logits = model(input_ids[:, :-1])
-    V = model.config.vocab_size
-    lp = torch.log_softmax(logits[..., :V].float(), dim=-1)
-    out = lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    if mask is not None:
-        out = out * mask[:, 1:].to(out.dtype)
-    return out
+    def _completion(self, toks: list[int], lps: list[float], reason: str, n_prompt: int, index: int,
+                    seconds: float, stops: set[int], stop_strings: Sequence[str]) -> Completion:
+        decode = self.tokenizer.decode
+        paid = len(toks)
+        stop_reason: str | int | None = None
+        body = toks
+        if reason == "stop" and toks and toks[-1] in stops:
+            body, stop_reason = toks[:-1], toks[-1]
+        text, hit = _cut_at_stop(decode(body), stop_strings)
+        if hit is not None:
+            # the ids end with the token that completed the stop string, as a stop token ends its row
+            lo, hi = 1, len(body)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _cut_at_stop(decode(body[:mid]), stop_strings)[1] is not None:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            toks, lps, stop_reason, reason = body[:lo], lps[:lo], hit, "stop"
+        return Completion(text, list(toks), list(lps[:len(toks)]), "stop" if reason == "stop" else "length",
+                          n_prompt, paid, index, seconds, stop_reason)
 
 
 def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
