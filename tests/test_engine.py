@@ -255,3 +255,14 @@ def test_counter_noise_is_uniform_and_independent():
     # neighbouring seeds and steps are not shifted copies of each other
     assert not torch.equal(uniform_noise(torch.tensor([1]), 0, 50)[0, 1:], uniform_noise(torch.tensor([1]), 0, 50)[0, :-1])
     assert torch.equal(uniform_noise(seeds[:3], 7, 10), uniform_noise(seeds, 7, 10)[:3])  # no batch effect
+
+
+@pytest.mark.slow
+def test_compiled_decode_with_in_graph_noise_equals_eager():
+    """The compiled step hashes the noise inside the graph (int64 wrap-around must match eager).
+    Inductor on CPU takes minutes: run with -m slow (it passed in 2m40s on 2 CPU cores)."""
+    torch._dynamo.reset()
+    model = _model()
+    ids = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    kw = dict(max_new_tokens=6, temperature=1.0, seed=3, repeats=[2, 1], stop_tokens=[10, 20, 30, 40], sync_every=2)
+    assert generate(model, ids, compile_decode=True, **kw).tokens == generate(model, ids, **kw).tokens
