@@ -11,71 +11,18 @@ batching, chunking or world size, so a resumed or re-chunked sampled run reprodu
 """
 from __future__ import annotations
 
-import math
-import time
 import dataclasses
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch
 
 from .generation import fit_context, generate as _generate
 from .generation import sample_seed, sequence_logprobs  # noqa: F401 (part of this API)
+from .params import SamplingParams
 
 Prompt = str | Sequence[int]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample: one object from YAML/CLI down to the sampler.
-
-    temperature 0 is greedy. `top_p=1.0` is normalised to None (one setting, one distribution).
-    `stop` strings cut the text at their first occurrence (decoding of the row ends there);
-    `stop_token_ids` are added to the tokenizer's own stop ids. `n` samples per prompt share one prefill.
-    """
-
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    n: int = 1
-
-    def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"SamplingParams: temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
-                                       or self.top_k < 1):
-            raise ValueError(f"SamplingParams: top_k must be an integer >= 1 or None, got {self.top_k!r}")
-        if self.top_p is not None:
-            if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-                raise ValueError(f"SamplingParams: top_p must be in (0, 1] or None, got {self.top_p!r}")
-            if self.top_p == 1.0:
-                object.__setattr__(self, "top_p", None)
-        for name in ("max_new_tokens", "n"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SamplingParams: {name} must be an integer >= 1, got {v!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"SamplingParams: seed must be an integer or None, got {self.seed!r}")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"SamplingParams: stop must be non-empty strings, got {self.stop!r}")
-        object.__setattr__(self, "stop_token_ids", tuple(int(i) for i in self.stop_token_ids))
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stop"], d["stop_token_ids"] = list(self.stop), list(self.stop_token_ids)
-        return d
 
 
 @dataclass
@@ -262,21 +209,30 @@ class Engine:
                           n_prompt, paid, index, seconds, stop_reason)
 
 
+def hf_path(spec: str) -> str | None:
+    """The Hugging Face checkpoint (directory or hub name) of an `hf:PATH_OR_NAME` model spec, else None.
+    The one place the `hf:` prefix is parsed."""
+    return spec[3:] if spec.startswith("hf:") else None
+
+
 def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               tokenizer: str | None = None):
+               tokenizer: str | None = None, require_tokenizer: bool = False):
     """(model, tokenizer) from a spine checkpoint directory or `hf:PATH_OR_NAME`, in eval mode on `device`.
 
-    A Lightning `.ckpt` is refused with a pointer to `spine consolidate`.
+    `tokenizer` (a name or directory) replaces the checkpoint's own, checked against the model's vocab.
+    `require_tokenizer`: raise a ValueError naming the fix when there is none. A Lightning `.ckpt` is
+    refused with a pointer to `spine consolidate`.
     """
     from pathlib import Path
 
     from .tokenizer import check_vocab_fits, get_tokenizer
 
-    if spec.startswith("hf:"):
+    hf = hf_path(spec)
+    if hf is not None:
         from .hf import import_hf, import_hf_tokenizer
 
-        model = import_hf(spec[3:], dtype=dtype).to(device)
-        tok = import_hf_tokenizer(spec[3:])
+        model = import_hf(hf, dtype=dtype).to(device)
+        tok = import_hf_tokenizer(hf)
     else:
         if spec.endswith(".ckpt") and Path(spec).is_file():
             raise ValueError(f"{spec} is a Lightning training checkpoint, not a spine checkpoint directory; "
@@ -287,4 +243,7 @@ def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dt
     if tokenizer is not None:
         tok = get_tokenizer(tokenizer)
         check_vocab_fits(tok, model.config.vocab_size, where=f"tokenizer {tokenizer}")
+    if tok is None and require_tokenizer:
+        raise ValueError(f"checkpoint {spec} has no tokenizer; pass --tokenizer NAME_OR_DIR (e.g. gpt2, byte) "
+                         "or save the checkpoint with its tokenizer")
     return model.eval(), tok
