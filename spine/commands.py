@@ -230,7 +230,7 @@ def eval_(
         sampling: how to sample (--sampling.max_new_tokens, --sampling.temperature, --sampling.n,
             --sampling.top_k, --sampling.top_p, --sampling.seed, --sampling.stop; or `sampling:` in a --config
             YAML). sc samples at temperature 0.8 with n=8 unless told otherwise; the synthetic template
-            stops at "\nQuestion:" unless stop strings are given. Samples depend on (seed, problem id,
+            stops at "\\nQuestion:" unless stop strings are given. Samples depend on (seed, problem id,
             sample index), so a resumed or re-chunked run reproduces them.
         batch_size: rows (samples) decoded together; changes speed only.
         traces: trace JSONL file; a rerun with the same settings resumes it, other settings are refused
@@ -239,8 +239,8 @@ def eval_(
         dtype: cast the weights (default: as stored).
         tokenizer: tokenizer name or directory, for checkpoints saved without one.
     """
-    from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
     from .engine import hf_path
+    from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
     from .reasoning.pipelines import ProblemEngine, make_pipeline
     from .reasoning.problems import load_problems
     from .reasoning.prompts import render_prompt
