@@ -23,7 +23,7 @@ from fractions import Fraction
 from spine.reasoning import mathparse
 from spine.reasoning.problems import Problem
 
-from .base import Drawn, Task, VerifyResult
+from .base import MAX_ANSWER_CHARS, Drawn, Task, VerifyResult
 
 _LEVELS = {1: (2, 9, "+-"), 2: (3, 9, "+-"), 3: (3, 12, "+-*"), 4: (4, 12, "+-*"), 5: (4, 25, "+-*/")}
 _MAX_TARGET = 1000
@@ -72,6 +72,8 @@ def check_expression(expr: str, numbers: list[int], target: int) -> str:
     left = expr.split("=", 1)[0].strip()
     if not left:
         return "no_answer"
+    if len(left) > MAX_ANSWER_CHARS:
+        return "too_long"
     try:
         tree = mathparse.parse(left, mathparse.Deadline(_PARSE_SECONDS))
         used: list[Fraction] = []
@@ -86,7 +88,7 @@ def check_expression(expr: str, numbers: list[int], target: int) -> str:
         return "correct" if _value(tree) == target else "wrong_value"
     except _Bad as bad:
         return bad.reason
-    except (mathparse.MathParseError, mathparse.GradeTimeout):
+    except (mathparse.MathParseError, mathparse.GradeTimeout, ValueError):  # ValueError: a 5,000-digit literal
         return "parse_error"
     except (mathparse.TooLarge, RecursionError):
         return "too_large"
