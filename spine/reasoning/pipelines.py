@@ -158,6 +158,12 @@ class Pipeline(Protocol):
 
 
 def _graded(problem: Problem, completion: Completion, timeout_s: float) -> SampleResult:
+    if "task" in problem.metadata:  # task families grade with their own verifier (the RL reward)
+        from .tasks import verify  # lazy: tasks import this package
+
+        r = verify(problem, completion.text)
+        return SampleResult(completion, r.extracted, "task" if r.extracted is not None else "none",
+                            Verdict(r.correct, r.reason, r.extracted, problem.answer))
     ex = extract(completion.text)
     verdict = grade(ex.answer, problem.answer, timeout_s=timeout_s)
     return SampleResult(completion, ex.answer, ex.method, verdict)
