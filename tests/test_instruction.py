@@ -75,6 +75,37 @@ def test_prompt_length_and_truncation_policy():
     assert batch["targets"][0].tolist() == enc.ids[1:21]  # true next tokens, no end-of-text target
 
 
+@pytest.mark.parametrize("max_length", [5, 20, 40])
+def test_truncated_long_prompt_never_trains_on_prompt_tokens(max_length):
+    # A prompt longer than max_length: after the cut, every target predicts a prompt token, so
+    # all of them must be masked (the last one used to slip through).  Invariant checked from
+    # the uncut encoding: an unmasked target at column j is token j+1, which must be an output token.
+    tok = get_tokenizer("byte")
+    rec = {"instruction": "Say hi. " * 20, "input": "", "output": "hi"}
+    (full,) = encode_records([rec], tok)
+    assert full.prompt_len > max_length + 1  # the prompt alone overflows the cut
+    (cut,) = encode_records([rec], tok, max_length=max_length, truncate=True)
+    batch = collate([cut.ids], pad_id=tok.eos_id, prompt_lens=[cut.prompt_len], max_length=max_length)
+    targets = batch["targets"][0].tolist()
+    assert len(targets) == max_length
+    unmasked = [j for j, t in enumerate(targets) if t != -100]
+    assert all(j + 1 >= full.prompt_len for j in unmasked), unmasked
+    assert unmasked == []
+
+
+def test_truncation_inside_the_output_keeps_output_targets():
+    # The cut falls inside the output: prompt targets masked, output targets kept (true next tokens).
+    tok = get_tokenizer("byte")
+    rec = {"instruction": "Say hi.", "input": "", "output": "hello there, friend"}
+    (full,) = encode_records([rec], tok)
+    max_length = full.prompt_len + 5
+    (cut,) = encode_records([rec], tok, max_length=max_length, truncate=True)
+    batch = collate([cut.ids], pad_id=tok.eos_id, prompt_lens=[cut.prompt_len], max_length=max_length)
+    targets = batch["targets"][0].tolist()
+    expected = [-100 if j + 1 < full.prompt_len else full.ids[j + 1] for j in range(max_length)]
+    assert targets == expected
+
+
 def _write(tmp_path, obj, name="d.json"):
     p = tmp_path / name
     p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
