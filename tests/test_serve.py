@@ -76,7 +76,7 @@ def test_models_and_health(served, client):
 
 def test_greedy_completion_equals_spine_generate(client, ckpt, engine, capsys):
     prompt = "Every effort moves you"
-    code = main(["generate", "--checkpoint", str(ckpt), "--prompt", prompt, "--max_new_tokens", "12",
+    code = main(["generate", "--checkpoint", str(ckpt), "--prompt", prompt, "--sampling.max_new_tokens", "12",
                  "--output", "jsonl", "--device", "cpu"])
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert code == 0

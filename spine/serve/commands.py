@@ -5,20 +5,10 @@ import sys
 from pathlib import Path
 from typing import Literal, Optional
 
-from ..commands import DType, _device, _slug, command
+from ..commands import DType, _load, _slug, command
 from . import require
 
 ChatTemplateName = Literal["auto", "tokenizer", "alpaca", "phi3", "plain"]
-
-
-def _load(checkpoint: str, device: str, dtype: DType, tokenizer: Optional[str]):
-    from ..engine import load_model
-    from ..hf import parse_dtype
-
-    model, tok = load_model(checkpoint, device=_device(device), dtype=parse_dtype(dtype), tokenizer=tokenizer)
-    if tok is None:
-        raise ValueError(f"checkpoint {checkpoint} has no tokenizer; pass --tokenizer NAME_OR_DIR (e.g. gpt2, byte)")
-    return model, tok
 
 
 @command("serve")
