@@ -14,19 +14,6 @@ from spine.sampler import ResumableSampler
 from .pretrain import _ResumableLoader
 
 
-def load_prompt_problems(source: str, *, format: str = "auto", **field_map: Any) -> list[Problem]:
-    """Problems from "task:FAMILY:k=v,..." (the task families, when `spine.reasoning.tasks` is present),
-    "synthetic:level=..,n=..,seed=..,split=train", a MATH/GSM8K/JSON(L) file or a hub dataset name."""
-    if str(source).startswith("task:"):
-        try:
-            from spine.reasoning.tasks import load_task_problems  # type: ignore[attr-defined]
-        except ImportError:
-            raise ValueError(f"source {source!r}: task specs need spine.reasoning.tasks, which this checkout "
-                             "does not have; use a 'synthetic:...' spec or a problem file") from None
-        return load_task_problems(source)
-    return load_problems(source, format=format, **field_map)
-
-
 def _collate(items: list[tuple[Problem, str]]) -> dict[str, list]:
     return {"problems": [p for p, _ in items], "prompts": [t for _, t in items]}
 
@@ -46,8 +33,9 @@ class _Prompts:
 class PromptDataModule(L.LightningDataModule):
     """Batches {"problems": [Problem], "prompts": [str]} of `prompts_per_step` training problems.
 
-    source: see `load_prompt_problems` (a synthetic spec should say split=train: evaluation uses the
-      held-out split). template: a `spine.reasoning.prompts` template name. limit: first N problems.
+    source: anything `load_problems` reads: "task:FAMILY:level=..,n=..,seed=..,split=train",
+      "synthetic:...,split=train", a MATH/GSM8K/JSON(L) file or a hub dataset name (specs should say
+      split=train: evaluation uses the held-out split). template: a `spine.reasoning.prompts` template name. limit: first N problems.
     tokenizer: optional tokenizer spec ("byte", "gpt2", a directory) for a policy built from a preset
       rather than loaded from a checkpoint (its vocab_size/pad_id are linked to the model).
     The order is a (seed, epoch) permutation; `state_dict` stores how many batches were trained, so a
@@ -93,7 +81,7 @@ class PromptDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.problems:
-            problems = load_prompt_problems(self.source, format=self.format, **self.field_map)
+            problems = load_problems(self.source, format=self.format, **self.field_map)
             self.problems = problems[: self.limit] if self.limit else problems
             ids = [p.id for p in self.problems]
             if len(set(ids)) != len(ids):  # rollout noise is keyed by problem id

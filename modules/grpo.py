@@ -12,6 +12,7 @@ rollout batch (by 0 when every group was skipped); `rl/rollouts` counts rollout 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -38,9 +39,9 @@ class GRPOModule(SpineModule):
     """GRPO / Dr. GRPO / DAPO-style policy optimisation of a spine `GPT` (see docs/grpo.md).
 
     Policy: `init_from` (a spine checkpoint dir or "hf:PATH") or a preset, as every stage.
-    Rollouts: `group_size` (G) samples per prompt at `temperature`/`top_p`/`top_k`, at most
-      `max_new_tokens`, cut at `stop_strings`; noise keyed by (rollout_seed, rollout index, problem id,
-      sample), so a resumed run draws the same samples.
+    Rollouts: `group_size` (G) samples per prompt drawn with `sampling` (temperature > 0, top_p/top_k,
+      max_new_tokens, stop strings); noise keyed by (sampling.seed, rollout index, problem id, sample),
+      so a resumed run draws the same samples.
     Advantages: group mean baseline, divided by the group std when `scale_advantages` (GRPO) or not
       (Dr. GRPO). `loss_aggregation`: one of `spine.rl.AGGREGATIONS`.
     Updates: `inner_updates` optimizer steps per rollout batch on the PPO clipped ratio
@@ -57,20 +58,19 @@ class GRPOModule(SpineModule):
       `max_new_tokens` from the loss.
     """
 
-    def __init__(self, *args: Any, group_size: int = 8, max_new_tokens: int = 256, temperature: float = 1.0,
-                 top_p: float | None = None, top_k: int | None = None, stop_strings: Sequence[str] = (),
+    def __init__(self, *args: Any, group_size: int = 8,
+                 sampling: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=256),
                  scale_advantages: bool = True, loss_aggregation: str = "token", eps_low: float = 0.2,
                  eps_high: float = 0.2, inner_updates: int = 1, old_logprobs: str = "rollout",
                  kl_coef: float = 0.0, log_kl: bool = False, reward: str = "correctness",
                  format_weight: float = 0.0, format_only_when_correct: bool = False, random_reward: bool = False,
                  skip_zero_variance: bool = True, resample_budget: int = 0, mask_truncated: bool = False,
                  rollout_batch_size: int = 64, micro_batch_size: int | None = None, max_grad_norm: float | None = 1.0,
-                 rollout_seed: int = 0, max_skipped_steps: int = 50, **kwargs: Any):
+                 max_skipped_steps: int = 50, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
         self.model.train()
         self.G = _int_at_least("group_size", group_size, 2)
-        _int_at_least("max_new_tokens", max_new_tokens, 1)
         _int_at_least("inner_updates", inner_updates, 1)
         _int_at_least("resample_budget", resample_budget, 0)
         _int_at_least("rollout_batch_size", rollout_batch_size, 1)
@@ -82,17 +82,21 @@ class GRPOModule(SpineModule):
                              f"got {loss_aggregation!r}")
         if old_logprobs not in _OLD_LOGPROBS:
             raise ValueError(f"GRPOModule: old_logprobs must be one of {', '.join(_OLD_LOGPROBS)}, got {old_logprobs!r}")
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ValueError(f"GRPOModule: temperature must be > 0 (greedy rollouts make every group's samples "
-                             f"identical), got {temperature!r}")
+        if not isinstance(sampling, SamplingParams):
+            raise ValueError(f"GRPOModule: sampling must be a SamplingParams, got {sampling!r}")
+        if sampling.temperature <= 0:
+            raise ValueError(f"GRPOModule: sampling.temperature must be > 0 (greedy rollouts make every group's "
+                             f"samples identical), got {sampling.temperature!r}")
+        if sampling.n not in (1, self.G):
+            raise ValueError(f"GRPOModule: the samples per prompt are group_size ({self.G}); leave sampling.n at 1, "
+                             f"got {sampling.n}")
         if eps_low < 0 or eps_high < 0 or eps_low >= 1:
             raise ValueError(f"GRPOModule: need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
         if kl_coef < 0:
             raise ValueError(f"GRPOModule: kl_coef must be >= 0, got {kl_coef}")
-        # rollout sampling settings are validated by the engine's own SamplingParams
-        self._sampling = dict(temperature=float(temperature), top_p=top_p, top_k=top_k,
-                              max_new_tokens=max_new_tokens, stop=tuple(stop_strings), n=self.G)
-        SamplingParams(**self._sampling)
+        self.sampling = dataclasses.replace(sampling, n=self.G, seed=0 if sampling.seed is None else sampling.seed)
+        # plain values in the hyperparameters (checkpoints load with weights_only=True)
+        self.hparams["sampling"] = self.sampling.to_dict()
         self.reward_fn = make_reward(reward, format_weight=format_weight,
                                      format_only_when_correct=format_only_when_correct)
         # the frozen reference lives outside the module tree: not trained, not in checkpoints (it is the
@@ -120,7 +124,7 @@ class GRPOModule(SpineModule):
 
     def check_prompts(self, problems, prompts: Sequence[str]) -> None:
         """Every prompt plus `max_new_tokens` must fit the policy's context: fail before training."""
-        ctx, room = self.model.config.context_length, self._sampling["max_new_tokens"]
+        ctx, room = self.model.config.context_length, self.sampling.max_new_tokens
         for p, text in zip(problems, prompts):
             n = len(self.tokenizer.encode(text))
             if n + room > ctx:
@@ -138,8 +142,8 @@ class GRPOModule(SpineModule):
         """G completions per prompt with the current weights, scored: a dict of per-row lists
         (row i*G + j is sample j of prompt i) and the rollout's seconds/tokens."""
         engine = Engine(self.model, self.tokenizer, batch_size=self.hparams.rollout_batch_size)
-        seed = sample_seed(self.hparams.rollout_seed, "rollout", self.rollouts)
-        params = SamplingParams(seed=seed, **self._sampling)
+        # a fresh noise stream per rollout batch: (sampling.seed, rollout index), then per (problem, sample)
+        params = dataclasses.replace(self.sampling, seed=sample_seed(self.sampling.seed, "rollout", self.rollouts))
         keys = [p.id if round_ == 0 else f"{p.id}#resample{round_}" for p in problems]
         t0 = time.perf_counter()
         outs = engine.generate(list(prompts), params, keys=keys)
@@ -165,7 +169,7 @@ class GRPOModule(SpineModule):
         rewards = torch.tensor(score(self.reward_fn, rows["problem"], rows["text"]), dtype=torch.float32)
         rows["true_rewards"] = rewards
         if self.hparams.random_reward:
-            g = torch.Generator().manual_seed(sample_seed(self.hparams.rollout_seed, f"shuffle{round_}", self.rollouts))
+            g = torch.Generator().manual_seed(sample_seed(self.sampling.seed, f"shuffle{round_}", self.rollouts))
             rewards = shuffle_rewards(rewards, g)
         rows["rewards"] = rewards
         rows["seconds"], rows["generated"] = seconds, generated
@@ -276,7 +280,8 @@ class GRPOModule(SpineModule):
                 logp, ent = logprobs_and_entropy(self.model, ids[c], mask[c], with_entropy=u == 0)
                 tl = policy_token_loss(logp, old[c], adv[c], tokmask[c], eps_low=h.eps_low, eps_high=h.eps_high,
                                        ref_logp=r, kl_coef=h.kl_coef)
-                s, n = aggregate(tl.loss, tokmask[c], h.loss_aggregation, max_new_tokens=h.max_new_tokens)
+                s, n = aggregate(tl.loss, tokmask[c], h.loss_aggregation,
+                                 max_new_tokens=self.sampling.max_new_tokens)
                 self.manual_backward(self.backward_loss(s, n))
                 stats["low"] += float(tl.clipped_low.sum())
                 stats["high"] += float(tl.clipped_high.sum())

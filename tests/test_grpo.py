@@ -15,6 +15,7 @@ from datamodules import PromptDataModule
 from modules import GRPOModule
 from spine.checkpoint import save_checkpoint
 from spine.config import ModelConfig
+from spine.engine import SamplingParams
 from spine.model import GPT
 from spine.tokenizer import get_tokenizer
 
@@ -37,7 +38,8 @@ def policy_dir(tmp_path_factory) -> Path:
 
 
 def _module(policy_dir, **kw) -> GRPOModule:
-    args = dict(init_from=str(policy_dir), group_size=3, max_new_tokens=6, reward="rl_support.digit_count",
+    args = dict(init_from=str(policy_dir), group_size=3, sampling=SamplingParams(temperature=1.0, max_new_tokens=6),
+                reward="rl_support.digit_count",
                 lr=1e-3, scheduler="constant")
     args.update(kw)
     return GRPOModule(**args)
@@ -155,7 +157,7 @@ model:
   init_args:
     init_from: {policy}
     group_size: {group_size}
-    max_new_tokens: {max_new_tokens}
+    sampling: {{temperature: 1.0, max_new_tokens: {max_new_tokens}}}
     reward: {reward}
 data:
   class_path: datamodules.PromptDataModule
@@ -205,7 +207,7 @@ model:
   init_args:
     init_from: {policy}
     group_size: 3
-    max_new_tokens: 5
+    sampling: {{temperature: 1.0, max_new_tokens: 5, seed: 11}}
     reward: rl_support.digit_count
     random_reward: true
     lr: 1.0e-3
@@ -263,6 +265,7 @@ def test_book_config_parses(capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     m, d = cfg["model"]["init_args"], cfg["data"]["init_args"]
     assert m["init_from"].startswith("hf:") and "Qwen3-0.6B-Base" in m["init_from"]
-    assert (m["group_size"], m["lr"], m["max_new_tokens"], m["kl_coef"]) == (8, 1e-5, 512, 0.0)
+    assert (m["group_size"], m["lr"], m["sampling"]["max_new_tokens"], m["kl_coef"]) == (8, 1e-5, 512, 0.0)
+    assert (m["sampling"]["temperature"], m["sampling"]["top_p"]) == (0.8, 0.9)
     assert m["loss_aggregation"] == "sequence_sum" and m["reward"] == "boxed_correctness"
     assert d["template"] == "math"

@@ -25,21 +25,15 @@ RewardFn = Callable[[Problem, str], float]
 _BOXES = ("boxed", "fbox")
 
 
-def verify(problem: Problem, text: str) -> bool:
-    """Is `text`'s final answer correct for `problem`? The one verifier for evaluation and reward.
+def verify(problem: Problem, text: str, *, timeout_s: float = 2.0) -> bool:
+    """Is `text`'s final answer correct for `problem`? The same verdict as the evaluation harness
+    (`spine.reasoning.pipelines.graded`): a task-family problem by its family's verifier
+    (`spine.reasoning.tasks.verify`), any other by extract + grade (time-limited)."""
+    if isinstance(problem.metadata, dict) and "task" in problem.metadata:
+        from .tasks import verify as task_verify  # lazy: the task families import this package
 
-    Adapter: the task families' verifier (`spine.reasoning.tasks.verify`) when it exists, else the
-    evaluation harness's path (extract the answer: boxed, else last number; grade it, time-limited).
-    """
-    if _tasks_verify is not None:
-        return bool(_tasks_verify(problem, text))
-    return grade(extract(text).answer, problem.answer).correct
-
-
-try:  # the task families bring their own verifier (e.g. countdown checks the expression)
-    from .tasks import verify as _tasks_verify  # type: ignore[attr-defined]
-except ImportError:
-    _tasks_verify = None
+        return bool(task_verify(problem, text).correct)
+    return grade(extract(text).answer, problem.answer, timeout_s=timeout_s).correct
 
 
 def correctness_reward(problem: Problem, text: str) -> float:
