@@ -13,3 +13,9 @@ def constant(problem, text):
 
 def not_a_number(problem, text):
     return "yes"
+
+
+def ascii_fraction(problem, text):
+    """Share of the completion's characters that are ASCII: about half for a random byte-level model,
+    so every group has a spread and the policy gradient has a clear direction."""
+    return sum(ord(ch) < 128 for ch in text) / max(1, len(text))
