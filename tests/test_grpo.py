@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from callbacks import ReasoningEval, RLCurvePlot
 from datamodules import PromptDataModule
 from modules import GRPOModule
 from spine.checkpoint import save_checkpoint
@@ -45,10 +46,10 @@ def _module(policy_dir, **kw) -> GRPOModule:
     return GRPOModule(**args)
 
 
-def _fit(module, tmp_path, batches=2, prompts_per_step=2, source=SOURCE):
+def _fit(module, tmp_path, batches=2, prompts_per_step=2, source=SOURCE, callbacks=()):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, limit_val_batches=0)
+                        default_root_dir=tmp_path, limit_val_batches=0, callbacks=list(callbacks))
     trainer.fit(module, datamodule=PromptDataModule(source, prompts_per_step=prompts_per_step))
     return trainer
 
@@ -100,7 +101,10 @@ def test_groups_with_spread_train(policy_dir, tmp_path):
     module = _module(policy_dir, inner_updates=2, micro_batch_size=4)
     counter = _Counter(module.model)
     before = _weights(module.model)
-    trainer = _fit(module, tmp_path)
+    held_out = ReasoningEval("synthetic:level=1,n=4,seed=7,split=eval", sampling=SamplingParams(max_new_tokens=4),
+                             at_fit_start=True, every_n_steps=2, trace_dir=str(tmp_path / "traces"))
+    plot = RLCurvePlot(dirpath=str(tmp_path))
+    trainer = _fit(module, tmp_path, callbacks=[held_out, plot])
     m = module.last_metrics
     trained = int(m["rl/trained_completions"])
     assert trained == 3 * m["rl/groups_trained"] > 0
@@ -108,6 +112,10 @@ def test_groups_with_spread_train(policy_dir, tmp_path):
     assert trainer.global_step == 4
     assert counter.forwards > 0 and counter.backwards > 0
     assert any(not torch.equal(before[k], v) for k, v in module.model.state_dict().items())
+    # held-out accuracy before training (at_fit_start), after update 2 and at the end (step 4)
+    assert [r["step"] for r in held_out.results] == [0, 2, 4]
+    assert [x for x, _ in plot.history["reasoning/greedy_acc"]] == [0.0, 1.0, 2.0]  # at rollout batches
+    assert (tmp_path / "rl_curves.png").stat().st_size > 0
     for key in ("rl/reward_mean", "rl/accuracy", "rl/entropy", "rl/clip_low_frac", "rl/clip_high_frac",
                 "rl/completion_len_max", "rl/truncated_frac", "rl/rollout_tokens_per_s", "rl/update_tokens_per_s"):
         assert key in m
