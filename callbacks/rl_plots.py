@@ -5,10 +5,12 @@ from pathlib import Path
 
 import lightning.pytorch as L
 
+SMOOTH = 10  # rollout batches in the running mean drawn over each per-step series
+
 # (panel title, metric names drawn in it)
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("reward / accuracy (rollouts)", ("rl/reward_mean", "rl/reward_std", "rl/accuracy")),
-    ("held-out accuracy", ()),  # every reasoning/*_acc metric
+    ("reward (rollouts)", ("rl/reward_mean", "rl/reward_std")),
+    ("accuracy: rollouts (sampled) and held-out", ("rl/accuracy",)),  # + every reasoning/*_acc
     ("zero-variance groups / truncated", ("rl/zero_variance_frac", "rl/truncated_frac")),
     ("entropy (nats/token)", ("rl/entropy",)),
     ("completion length (tokens)", ("rl/completion_len_mean", "rl/completion_len_max")),
@@ -85,17 +87,29 @@ class RLCurvePlot(L.Callback):
 
         fig, axes = plt.subplots(2, 4, figsize=(16, 7))
         for ax, (title, keys) in zip(axes.flat, PANELS):
-            if not keys:
-                keys = tuple(k for k in sorted(self.history) if k.startswith("reasoning/"))
+            if "rl/accuracy" in keys:
+                keys = keys + tuple(k for k in sorted(self.history) if k.startswith("reasoning/"))
             for key in keys:
                 pts = self.history.get(key)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=key.split("/", 1)[1])
+                if not pts:
+                    continue
+                label = key.split("/", 1)[1]
+                if key.startswith("rl/") and len(pts) > 2 * SMOOTH:
+                    # per-step values are noisy: the raw series faint, a running mean over SMOOTH batches on top
+                    xs, ys = zip(*pts)
+                    (line,) = ax.plot(xs, ys, alpha=0.3, linewidth=0.8)
+                    means = [sum(ys[max(0, i - SMOOTH + 1):i + 1]) / len(ys[max(0, i - SMOOTH + 1):i + 1])
+                             for i in range(len(ys))]
+                    ax.plot(xs, means, color=line.get_color(), label=f"{label} (mean of {SMOOTH})")
+                else:
+                    ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=label)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("rollout batch")
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / self.filename
