@@ -205,6 +205,10 @@ def eval_(
     enable_thinking: bool = False,
     pipeline: str = "greedy",
     sampling: SamplingParams = SamplingParams(max_new_tokens=256),
+    scorer: Optional[str] = None,
+    rounds: Optional[int] = None,
+    early_stop: Optional[bool] = None,
+    round_size: Optional[int] = None,
     batch_size: int = 16,
     traces: Optional[str] = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
@@ -225,8 +229,14 @@ def eval_(
         template: prompt template (math, math_cot, plain, synthetic).
         chat: wrap the prompt in the tokenizer's chat template (Qwen3).
         enable_thinking: let a chat model think (<think>...</think>) before answering.
-        pipeline: greedy (one sample per problem) or sc (self-consistency: n samples, majority vote), or any
-            registered pipeline.
+        pipeline: greedy (one sample per problem), sc (self-consistency: n samples, majority vote), bestofn
+            (n samples, the best by --scorer), refine (draft -> critique -> revise, --rounds), or any registered
+            pipeline (docs/pipelines.md).
+        scorer: bestofn / refine: mean_logprob, sum_logprob, heuristic, self_verify, or oracle (reads the gold
+            answer: an upper bound, never a method).
+        rounds: refine: the most critique -> revise rounds (default 3).
+        early_stop: sc: draw in rounds and stop once the leading answer can no longer be overtaken.
+        round_size: sc with early_stop: samples drawn per round after the first n // 2 + 1.
         sampling: how to sample (--sampling.max_new_tokens, --sampling.temperature, --sampling.n,
             --sampling.top_k, --sampling.top_p, --sampling.seed, --sampling.stop; or `sampling:` in a --config
             YAML). sc samples at temperature 0.8 with n=8 unless told otherwise; the synthetic template
@@ -241,7 +251,7 @@ def eval_(
     """
     from .engine import hf_path
     from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
-    from .reasoning.pipelines import ProblemEngine, make_pipeline
+    from .reasoning.pipelines import ProblemEngine, make_pipeline, pipeline_options
     from .reasoning.problems import load_problems
     from .reasoning.prompts import render_prompt
     from .traces import config_hash, format_summary
@@ -252,7 +262,12 @@ def eval_(
         raise ValueError(f"--limit must be >= 1, got {limit}")
     if template == "synthetic" and not sampling.stop:
         sampling = dataclasses.replace(sampling, stop=("\nQuestion:",))
-    pipe = make_pipeline(pipeline, sampling=sampling)
+    options = {k: v for k, v in (("scorer", scorer), ("rounds", rounds), ("early_stop", early_stop),
+                                 ("round_size", round_size)) if v is not None}
+    bad = [f"--{k}" for k in options if k not in pipeline_options(pipeline)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} does not apply to --pipeline {pipeline} (see spine eval --help)")
+    pipe = make_pipeline(pipeline, sampling=sampling, **options)
     params = pipe.sampling
     fields = {k: v for k, v in (("prompt_field", prompt_field), ("answer_field", answer_field),
                                 ("id_field", id_field)) if v is not None}
@@ -270,7 +285,7 @@ def eval_(
     engine = ProblemEngine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
                            batch_size=batch_size)
     sha = checkpoint_identity(checkpoint)
-    label = f"{pipeline}{params.n}" if params.n > 1 else pipeline
+    label = pipe.label()
     if traces is None:
         cfg = run_config(engine, pipe, source=source, checkpoint_sha256=sha, extra=extra)
         name = Path(hf_path(checkpoint) or checkpoint).expanduser().resolve().name
@@ -282,7 +297,8 @@ def eval_(
     report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
                       chunk_size=max(1, batch_size * 4 // params.n), progress=progress)
     resumed = f", {report.skipped} resumed from the trace file" if report.skipped else ""
-    print(f"{checkpoint} | {problems} | {label}, temperature {params.temperature} | {len(probs)} problems{resumed}")
+    bound = " (oracle: an upper bound, not a method)" if getattr(getattr(pipe, "scorer", None), "upper_bound", False) else ""
+    print(f"{checkpoint} | {problems} | {label}{bound}, temperature {params.temperature} | {len(probs)} problems{resumed}")
     print(format_summary(report.summary))
     print(f"traces: {report.trace_path}")
     return 0

@@ -172,4 +172,5 @@ def test_engine_settings_and_prompt():
     assert eng.prompt_for(PROBLEMS[1]) == "Question: two plus two?\nAnswer:"
     assert eng.settings() == {"template": "synthetic", "chat": False, "enable_thinking": False}
     assert SelfConsistency(SamplingParams(n=3, temperature=0.5)).config() == {
-        "pipeline": "self_consistency", "sampling": SamplingParams(n=3, temperature=0.5).to_dict()}
+        "pipeline": "self_consistency", "sampling": SamplingParams(n=3, temperature=0.5).to_dict(),
+        "tiebreak": "logprob"}
