@@ -305,19 +305,26 @@ def eval_(
 
 
 @command("report", variadic=("traces", "trace JSONL files written by spine eval / validate / ReasoningEval"))
-def report(traces: list[str], png: Optional[str] = None,
+def report(traces: list[str], png: Optional[str] = None, frontier: Optional[str] = None,
+           rounds_png: Optional[str] = None,
            group_by: list[str] = ["level", "subject"]) -> int:  # noqa: B006 (jsonargparse reads the default)
-    """Summarize trace files: accuracy tables and, for self-consistency runs, accuracy vs samples.
+    """Summarize trace files: accuracy and cost tables, the compute/quality frontier, accuracy vs k and vs round.
 
     Args:
         traces: trace JSONL files.
-        png: write the accuracy-vs-samples plot of the self-consistency traces here.
+        png: write accuracy vs samples per problem here (self-consistency votes and best-of-N's best of k).
+        frontier: write accuracy vs mean generated tokens per problem of all the runs here (one chart).
+        rounds_png: write accuracy vs round of the self-refinement runs here.
         group_by: metadata keys that get one table row per value.
     """
     from .reasoning.grade import answers_equivalent
     from .reasoning.report import report as _report
 
-    _report(traces, png, equivalent=answers_equivalent, group_by=group_by, print_it=True)
+    for name, value in (("--png", png), ("--frontier", frontier), ("--rounds_png", rounds_png)):
+        if value is not None and not value.lower().endswith(".png"):
+            raise ValueError(f"{name} {value}: expected a .png file name")
+    _report(traces, png, equivalent=answers_equivalent, group_by=group_by, frontier_png=frontier,
+            rounds_png=rounds_png, print_it=True)
     return 0
 
 
