@@ -322,3 +322,84 @@ def test_sc_cost_with_the_real_engine_equals_the_completions():
         assert r.cost.prompt_tokens == len(comps) * prompt == sum(c.prompt_tokens for c in comps)
         assert r.cost.forward_passes == calls + sum(c.generated_tokens - 1 for c in comps)
         assert [c.index for c in comps] == list(range(len(comps)))
+
+
+# ----------------------------------------------------------------------------- spine eval / spine report
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    import torch
+
+    from spine.checkpoint import save_checkpoint
+    from spine.config import ModelConfig
+    from spine.model import GPT
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(d, GPT(ModelConfig.from_preset("gpt2-tiny", vocab_size=257, context_length=256)), TOK)
+    return d
+
+
+def _cli(capsys, *args):
+    from spine.commands import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_spine_eval_runs_every_pipeline_and_report_draws_the_frontier(capsys, tiny_ckpt, tmp_path):
+    from spine.traces import read_traces
+
+    base = ["eval", "--checkpoint", tiny_ckpt, "--problems", "synthetic:level=1,n=3,seed=7,split=eval",
+            "--template", "synthetic", "--sampling.max_new_tokens", 6, "--device", "cpu"]
+    runs = {"greedy": [], "sc-early": ["--pipeline", "sc", "--early_stop", "true", "--sampling.n", 4],
+            "bon-verify": ["--pipeline", "bestofn", "--scorer", "self_verify", "--sampling.n", 3],
+            "bon-oracle": ["--pipeline", "bestofn", "--scorer", "oracle", "--sampling.n", 3],
+            "refine": ["--pipeline", "refine", "--rounds", 2, "--scorer", "heuristic"]}
+    paths = []
+    for name, extra in runs.items():
+        path = tmp_path / f"{name}.jsonl"
+        code, out, err = _cli(capsys, *base, *extra, "--traces", path)
+        assert code == 0, err
+        assert "cost per problem:" in out
+        paths.append(path)
+        _, records = read_traces(path)
+        for r in records:  # every record's cost is its completion's: tokens = generated tokens
+            assert r.tokens == r.metadata["cost"]["generated_tokens"] and r.tokens >= 1
+    assert "(oracle: an upper bound, not a method)" in _cli(capsys, *base, *runs["bon-oracle"], "--traces",
+                                                            paths[3])[1]
+    _, refine = read_traces(paths[4])
+    assert {r.round for r in refine} >= {0} and all(r.parent is None for r in refine if r.round == 0)
+    _, bon = read_traces(paths[2])
+    assert all(0.0 <= r.metadata["score"] <= 1.0 for r in bon)
+    # self-verification is charged: 4 teacher-forced rows per sample
+    assert all(r.metadata["cost"]["forward_passes"] >= 4 for r in bon)
+    png = {k: tmp_path / f"{k}.png" for k in ("frontier", "k", "rounds")}
+    code, out, err = _cli(capsys, "report", *paths, "--frontier", png["frontier"], "--png", png["k"],
+                          "--rounds_png", png["rounds"])
+    assert code == 0, err
+    assert "## compute/quality frontier" in out and "bestofn3-oracle-upper-bound (upper bound)" in out
+    assert "| round |" in out and "best by score" in out
+    for p in png.values():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pipeline", "sc", "--scorer", "heuristic"], "--scorer does not apply to --pipeline sc"),
+    (["--pipeline", "greedy", "--rounds", 2], "--rounds does not apply to --pipeline greedy"),
+    (["--pipeline", "bestofn", "--scorer", "judge"], "unknown scorer 'judge'; known: heuristic, mean_logprob"),
+    (["--pipeline", "refine", "--rounds", -1], "refine: rounds must be an integer >= 0, got -1"),
+    (["--pipeline", "sc", "--early_stop", "true", "--round_size", 0], "round_size must be an integer >= 1"),
+    (["--pipeline", "beam"], "unknown pipeline 'beam'"),
+])
+def test_bad_pipeline_flags_are_one_line(capsys, tiny_ckpt, tmp_path, args, message):
+    code, out, err = _cli(capsys, "eval", "--checkpoint", tiny_ckpt, "--problems", "synthetic:level=1,n=2,seed=7",
+                          "--device", "cpu", "--traces", tmp_path / "t.jsonl", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_bad_report_flags_are_one_line(capsys, tmp_path):
+    code, _, err = _cli(capsys, "report", tmp_path / "x.jsonl", "--frontier", tmp_path / "f.txt")
+    assert code == 2 and "--frontier" in err and "expected a .png file name" in err
+    assert len(err.strip().splitlines()) == 1

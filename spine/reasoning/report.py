@@ -213,7 +213,9 @@ def _save(fig, out_png: Path) -> None:
 def _errbar(ax, xs, counts: Sequence[tuple[int, int]], **kw) -> None:
     ys = [100 * c / n for c, n in counts]
     ivs = [wilson_interval(c, n) for c, n in counts]
-    err = [[y - 100 * lo for y, (lo, _) in zip(ys, ivs)], [100 * hi - y for y, (_, hi) in zip(ys, ivs)]]
+    # max(0, .): at 0% or 100% the interval's end equals the point up to rounding
+    err = [[max(0.0, y - 100 * lo) for y, (lo, _) in zip(ys, ivs)],
+           [max(0.0, 100 * hi - y) for y, (_, hi) in zip(ys, ivs)]]
     ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
 
 
