@@ -285,7 +285,7 @@ def eval_(
     engine = ProblemEngine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
                            batch_size=batch_size)
     sha = checkpoint_identity(checkpoint)
-    label = pipe.label()
+    label = pipe.label() if callable(getattr(pipe, "label", None)) else pipeline
     if traces is None:
         cfg = run_config(engine, pipe, source=source, checkpoint_sha256=sha, extra=extra)
         name = Path(hf_path(checkpoint) or checkpoint).expanduser().resolve().name

@@ -69,11 +69,12 @@ def _at_k(records: Iterable[TraceRecord], ks: Sequence[int] | None, pick) -> Cou
 
 
 def vote_counts(records: Iterable[TraceRecord], ks: Sequence[int] | None = None,
-                equivalent: Equivalent | None = answers_equivalent) -> Counts:
+                equivalent: Equivalent | None = answers_equivalent, logprob_tiebreak: bool = True) -> Counts:
     """{k: (correct, problems)} of a majority vote over the first k samples (see `accuracy_at_k`)."""
     def pick(rs: list[TraceRecord]) -> int | None:
         lps = [r.metadata.get("mean_logprob") for r in rs]
-        tiebreak = [float(x) for x in lps] if all(isinstance(x, (int, float)) for x in lps) else None
+        usable = logprob_tiebreak and all(isinstance(x, (int, float)) for x in lps)
+        tiebreak = [float(x) for x in lps] if usable else None
         return majority_vote([r.extracted for r in rs], equivalent, tiebreak=tiebreak)[0]
     return _at_k(records, ks, pick)
 
@@ -164,7 +165,7 @@ def _curves(run: Run, equivalent: Equivalent | None) -> tuple[str, Counts]:
         return "", {}  # refinement rounds are not samples; early-stopped problems have unequal counts
     if run.pipeline == "best_of_n":
         return "best-of-k", best_of_k_accuracy(run.records)
-    return "vote", vote_counts(run.records, equivalent=equivalent)
+    return "vote", vote_counts(run.records, equivalent=equivalent, logprob_tiebreak=cfg.get("tiebreak") != "first")
 
 
 def _rows(name: str, counts: Counts) -> list[str]:
