@@ -403,3 +403,22 @@ def test_bad_report_flags_are_one_line(capsys, tmp_path):
     code, _, err = _cli(capsys, "report", tmp_path / "x.jsonl", "--frontier", tmp_path / "f.txt")
     assert code == 2 and "--frontier" in err and "expected a .png file name" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_report_vote_at_n_reproduces_sc_with_its_logprob_tiebreak(monkeypatch, tmp_path):
+    from spine.reasoning.evaluate import evaluate
+    from spine.reasoning.report import accuracy_at_k
+    from spine.traces import read_traces
+
+    texts = {"half of one?": ["\\boxed{3}", "\\boxed{1/2}"] * 4,   # 4-4 tie: 1/2 (odd samples) has the higher log-prob
+             "two plus two?": ["\\boxed{4}", "\\boxed{5}"] * 4,    # 4-4 tie: 5 wins, wrong
+             "three times three?": ["\\boxed{9}"] * 8}
+    monkeypatch.setattr(pipelines, "Engine", IndexedEngine(texts))
+    rep = evaluate(PROBLEMS, _engine(), make_pipeline("sc", n=8), trace_path=tmp_path / "sc.jsonl")
+    assert [r.answer for r in rep.results] == ["1/2", "5", "9"] and rep.summary.n_correct == 2
+    _, records = read_traces(tmp_path / "sc.jsonl")
+    assert accuracy_at_k(records, ks=[8]) == {8: pytest.approx(2 / 3)}
+    # the first-seen rule would have picked 3 and 4 (one right of three)
+    first = make_pipeline("sc", n=8, tiebreak="first")
+    monkeypatch.setattr(pipelines, "Engine", IndexedEngine(texts))
+    assert [r.answer for r in first.run(_engine(), PROBLEMS)] == ["3", "4", "9"]
