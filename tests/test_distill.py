@@ -157,7 +157,7 @@ def _save_tiny(path, tokenizer, vocab_size, seed):
     from spine.model import GPT
 
     torch.manual_seed(seed)
-    model = GPT.from_preset("gpt2-tiny", vocab_size=vocab_size, d_model=32, n_layer=1, n_head=2, context_length=64)
+    model = GPT.from_preset("gpt2-tiny", vocab_size=vocab_size, d_model=32, n_layer=1, n_head=2, context_length=128)
     save_checkpoint(path, model, tokenizer)
     return path
 
@@ -281,3 +281,46 @@ def test_preference_pairs_from_correct_and_incorrect_samples():
     pairs, stats = preference_pairs(recs, max_pairs_per_problem=3)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("good", "bad"), ("good", "worse")]
     assert stats == {"problems": 3, "with_pairs": 1, "all_correct": 1, "all_incorrect": 1}
+
+
+def _write_traces(path, n=24):
+    from spine.reasoning.synthetic import ArithmeticProblems, format_prompt
+    from spine.traces import TraceWriter
+
+    probs = ArithmeticProblems(seed=1, level=1, split="train").take(n)
+    with TraceWriter(path, run_config={"teacher": "test"}) as w:
+        for i, sp in enumerate(probs):
+            for j in range(2):  # a duplicate sample, and every 4th problem answered wrongly
+                ok = i % 4 != 0
+                w.write(w.make_record(problem_id=sp.id, sample_index=j, prompt=format_prompt(sp),
+                                      completion=" " + sp.solution if ok else " 1 + 1 = 3.", extracted=None,
+                                      extraction_method="boxed", gold=sp.answer, correct=ok, rule="x", tokens=9,
+                                      seconds=0.0))
+    return path
+
+
+def test_kd_stage_fits_on_teacher_traces_from_the_cli(tmp_path):
+    """`spine fit` with DistillModule + TraceSFTDataModule: wiring, selection report, export."""
+    from spine.checkpoint import load_checkpoint
+    from tests.support.fit_runner import run_in_process
+
+    teacher = _save_tiny(tmp_path / "teacher", ByteTokenizer(), 257, 1)
+    traces = _write_traces(tmp_path / "t.jsonl")
+    cfg = tmp_path / "kd.yaml"
+    cfg.write_text(f"""
+trainer: {{max_steps: 2, accelerator: cpu, devices: 1, logger: false, enable_checkpointing: false,
+          enable_progress_bar: false, enable_model_summary: false, num_sanity_val_steps: 0,
+          default_root_dir: {tmp_path}}}
+model:
+  class_path: modules.distill.DistillModule
+  init_args: {{teacher: {teacher}, alpha: 0.5, temperature: 2.0, divergence: jsd, kd_chunk_size: 16,
+              model: gpt2-tiny, model_overrides: {{d_model: 16, n_layer: 1, n_head: 2, context_length: 128}},
+              export_dir: {tmp_path}/student}}
+data:
+  class_path: datamodules.trace_sft.TraceSFTDataModule
+  init_args: {{traces: [{traces}], tokenizer: byte, max_length: 128, batch_size: 4, val_frac: 0.2}}
+""")
+    code, _ = run_in_process(["fit", "--config", str(cfg)])
+    assert code in (0, None)
+    model, tok = load_checkpoint(tmp_path / "student")
+    assert model.config.d_model == 16 and tok.name == "byte"

@@ -16,7 +16,7 @@ from spine.tokenizer import ByteTokenizer
 
 def _tiny(seed=0, vocab=257):
     torch.manual_seed(seed)
-    return GPT.from_preset("gpt2-tiny", vocab_size=vocab, d_model=32, n_layer=2, n_head=2, context_length=64).eval()
+    return GPT.from_preset("gpt2-tiny", vocab_size=vocab, d_model=32, n_layer=2, n_head=2, context_length=128).eval()
 
 
 def test_dpo_loss_equals_hand_computation():
@@ -204,3 +204,32 @@ def test_trace_preference_pairs_module(tmp_path):
     tok = ByteTokenizer()
     assert tok.decode(batch["chosen_ids"][0][batch["chosen_mask"][0]].tolist()[:-1]) == " 7."
     assert batch["chosen_ids"][0][batch["chosen_mask"][0]].tolist()[-1] == tok.eos_id
+
+
+def test_dpo_book_recipe_runs_from_the_cli_and_plots(tmp_path, shared_data):
+    """`spine fit` with DPOModule + PreferenceDataModule(book data) + DPOPlot: the sanity check is the
+    plot's step-0 point at log 2."""
+    from tests.support.fit_runner import run_in_process
+
+    path = _ckpt(tmp_path)
+    data = shared_data / "dpo-preference" / "instruction-data-with-preference.json"
+    cfg = tmp_path / "dpo.yaml"
+    cfg.write_text(f"""
+trainer: {{max_steps: 2, accelerator: cpu, devices: 1, enable_checkpointing: false, enable_progress_bar: false,
+          enable_model_summary: false, num_sanity_val_steps: -1, limit_val_batches: 1, val_check_interval: 2,
+          default_root_dir: {tmp_path},
+          logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {tmp_path}, name: logs}}}},
+          callbacks: [{{class_path: callbacks.dpo_plot.DPOPlot, init_args: {{dirpath: {tmp_path}}}}}]}}
+model:
+  class_path: modules.dpo.DPOModule
+  init_args: {{init_from: {path}, reference: lora, lora: {{rank: 2}}, lr: 1.0e-3}}
+data:
+  class_path: datamodules.preference.PreferenceDataModule
+  init_args: {{path: {data}, tokenizer: {path}, limit: 40, max_length: 64, batch_size: 2}}
+""")
+    code, _ = run_in_process(["fit", "--config", str(cfg)])
+    assert code in (0, None)
+    assert (tmp_path / "dpo_curves.png").stat().st_size > 0
+    curves = json.loads((tmp_path / "dpo_curves.json").read_text())
+    assert curves["val"]["loss"][0] == [0, pytest.approx(math.log(2), abs=1e-5)]
+    assert len(curves["val"]["loss"]) == 2 and set(curves["train"]) >= {"margin", "accuracy", "chosen_reward"}
