@@ -328,6 +328,9 @@ def report(traces: list[str], png: Optional[str] = None, frontier: Optional[str]
     return 0
 
 
+from .serve import commands as _serve_commands  # noqa: E402,F401  (registers serve, chat, judge)
+
+
 # ---------------------------------------------------------------------------- parser / main
 def build_parser():
     """jsonargparse parser with one subcommand per registered function."""
