@@ -206,6 +206,7 @@ def eval_(
     pipeline: str = "greedy",
     sampling: SamplingParams = SamplingParams(max_new_tokens=256),
     scorer: Optional[str] = None,
+    scorer_args: Optional[dict] = None,
     rounds: Optional[int] = None,
     early_stop: Optional[bool] = None,
     round_size: Optional[int] = None,
@@ -232,8 +233,10 @@ def eval_(
         pipeline: greedy (one sample per problem), sc (self-consistency: n samples, majority vote), bestofn
             (n samples, the best by --scorer), refine (draft -> critique -> revise, --rounds), or any registered
             pipeline (docs/pipelines.md).
-        scorer: bestofn / refine: mean_logprob, sum_logprob, heuristic, self_verify, or oracle (reads the gold
-            answer: an upper bound, never a method).
+        scorer: bestofn / refine: mean_logprob, sum_logprob, heuristic, self_verify, judge, or oracle (reads
+            the gold answer: an upper bound, never a method).
+        scorer_args: options of the scorer as JSON, e.g. '{"endpoint": "http://host:8000", "model": "judge"}'
+            for judge, '{"brevity_chars": 300}' for heuristic.
         rounds: refine: the most critique -> revise rounds (default 3).
         early_stop: sc: draw in rounds and stop once the leading answer can no longer be overtaken.
         round_size: sc with early_stop: samples drawn per round after the first n // 2 + 1.
@@ -262,8 +265,8 @@ def eval_(
         raise ValueError(f"--limit must be >= 1, got {limit}")
     if template == "synthetic" and not sampling.stop:
         sampling = dataclasses.replace(sampling, stop=("\nQuestion:",))
-    options = {k: v for k, v in (("scorer", scorer), ("rounds", rounds), ("early_stop", early_stop),
-                                 ("round_size", round_size)) if v is not None}
+    options = {k: v for k, v in (("scorer", scorer), ("scorer_args", scorer_args), ("rounds", rounds),
+                                 ("early_stop", early_stop), ("round_size", round_size)) if v is not None}
     bad = [f"--{k}" for k in options if k not in pipeline_options(pipeline)]
     if bad:
         raise ValueError(f"{', '.join(bad)} does not apply to --pipeline {pipeline} (see spine eval --help)")

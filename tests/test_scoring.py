@@ -137,8 +137,12 @@ def test_oracle_reads_the_gold_answer_and_is_marked_an_upper_bound():
 
 
 def test_bad_scorer_and_options_are_one_line_errors():
-    with pytest.raises(ValueError, match=r"^unknown scorer 'judge'; known: heuristic, mean_logprob, oracle, "
+    with pytest.raises(ValueError, match=r"^unknown scorer 'prm'; known: heuristic, judge, mean_logprob, oracle, "
                                          r"self_verify, sum_logprob$"):
+        make_pipeline("bestofn", scorer="prm")
+    with pytest.raises(ValueError, match="scorer 'heuristic': .*unexpected keyword argument 'nope'"):
+        make_pipeline("bestofn", scorer="heuristic", scorer_args={"nope": 1})
+    with pytest.raises(ValueError, match="judge scorer: needs scorer_args"):
         make_pipeline("bestofn", scorer="judge")
     with pytest.raises(ValueError, match=r"pipeline 'sc' takes no option scorer \(its options: grade_timeout_s, "
                                          r"early_stop, round_size, tiebreak"):
@@ -197,3 +201,26 @@ def test_best_of_n_by_mean_logprob_and_oracle(monkeypatch):
     res = make_pipeline("bestofn", n=2, scorer="oracle").run(engine, PROBLEMS)
     assert [r.final_index for r in res] == [1, 0] and all(r.correct for r in res)
     assert res[0].details["upper_bound"] is True
+
+
+def test_judge_scorer_asks_the_judge_per_problem_and_ranks_unparsable_replies_last(monkeypatch):
+    from spine.serve import judge
+
+    asked = []
+
+    class FakeJudge:
+        def __init__(self, endpoint, model, rubric, **kw):
+            assert (endpoint, model, rubric) == ("http://judge", "j", "rfs-1-5")
+
+        def __call__(self, prompt, candidates, reference=None):
+            asked.append((prompt, list(candidates)))
+            return [None if c == "??" else float(len(c)) for c in candidates]
+
+    monkeypatch.setattr(judge, "JudgeScorer", FakeJudge)
+    scorer = make_scorer("judge", endpoint="http://judge", model="j")
+    mk = lambda p, t: ScoreItem(p, "", graded(p, Completion(t, [1], [0.0], "stop", 1, 1), 2.0))  # noqa: E731
+    items = [mk(PROBLEMS[0], "\\boxed{4}"), mk(PROBLEMS[1], "??"), mk(PROBLEMS[0], "4")]
+    scores, costs = scorer.score(None, items)
+    assert scores == [9.0, float("-inf"), 1.0]
+    assert asked == [("two plus two?", ["\\boxed{4}", "4"]), ("three times three?", ["??"])]
+    assert all(c.forward_passes == 0 and c.seconds >= 0 for c in costs)

@@ -13,8 +13,12 @@
   so it is an upper bound on what any scorer could pick, never a method (`upper_bound = True`; pipelines
   label their runs "oracle-upper-bound").
 
+- `judge`: a judge model behind an OpenAI-compatible endpoint (`spine.serve.judge.JudgeScorer`, e.g. one
+  started by `spine serve`), scoring each candidate on its rubric; an unparsable reply ranks last. Its
+  compute happens elsewhere: the cost records only the wall time waited.
+
 A scorer is `score(engine, items) -> (scores, costs)`: one float and one `Cost` per `ScoreItem`. More
-scorers (e.g. an LLM judge) register with `@register_scorer("name")`.
+scorers register with `@register_scorer("name")`.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from .problems import Problem
 if TYPE_CHECKING:  # pipelines imports this module
     from .pipelines import ProblemEngine, SampleResult
 
-__all__ = ["SCORERS", "HeuristicScore", "LogprobScore", "OracleScore", "ScoreItem", "Scorer", "SelfVerifyScore",
+__all__ = ["SCORERS", "HeuristicScore", "JudgeScore", "LogprobScore", "OracleScore", "ScoreItem", "Scorer", "SelfVerifyScore",
            "heuristic_score", "make_scorer", "register_scorer", "teacher_forced_logprobs"]
 
 
@@ -77,7 +81,10 @@ def make_scorer(name: str | Scorer, **kwargs: Any) -> Scorer:
         return name
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}")
-    return SCORERS[name](**kwargs)
+    try:
+        return SCORERS[name](**kwargs)
+    except TypeError as e:  # an option the scorer does not take
+        raise ValueError(f"scorer {name!r}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- teacher forcing
@@ -256,3 +263,39 @@ class OracleScore(Scorer):
 
     def score(self, engine, items):
         return [1.0 if it.sample.verdict.correct else 0.0 for it in items], [Cost()] * len(items)
+
+
+@register_scorer("judge")
+class JudgeScore(Scorer):
+    """Scores from a judge endpoint (`spine.serve.judge.JudgeScorer`, imported when built): the rubric's
+    score of each candidate for the problem's question; an unparsable reply scores -inf (ranks last)."""
+
+    name = "judge"
+
+    def __init__(self, endpoint: str | None = None, model: str | None = None, rubric: str = "rfs-1-5",
+                 concurrency: int = 4, **client_kwargs: Any):
+        if not endpoint or not model:
+            raise ValueError("judge scorer: needs scorer_args {endpoint: URL, model: NAME} (a judge served by "
+                             "`spine serve` or any OpenAI-compatible server)")
+        from ..serve.judge import JudgeScorer  # lazy: the serving stack is optional here
+
+        self.endpoint, self.model, self.rubric = endpoint, model, rubric
+        self.judge = JudgeScorer(endpoint, model, rubric, concurrency=concurrency, **client_kwargs)
+
+    def score(self, engine, items):
+        scores: list[float] = [0.0] * len(items)
+        costs: list[Cost] = [Cost()] * len(items)
+        by_problem: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by_problem.setdefault(it.problem.id, []).append(i)
+        for idx in by_problem.values():
+            t0 = time.perf_counter()
+            got = self.judge(items[idx[0]].problem.prompt, [items[i].sample.completion.text for i in idx])
+            share = (time.perf_counter() - t0) / len(idx)
+            for i, g in zip(idx, got):
+                scores[i] = float(g) if g is not None else float("-inf")
+                costs[i] = Cost(seconds=share)
+        return scores, costs
+
+    def config(self):
+        return {"name": self.name, "model": self.model, "rubric": self.rubric}
