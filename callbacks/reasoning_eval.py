@@ -53,7 +53,7 @@ class ReasoningEval(L.Callback):
             args = {k: v for k, v in spec.items() if k != "name"}
             try:
                 make_pipeline(spec["name"], sampling=sampling, **args)
-            except TypeError as e:
+            except (TypeError, ValueError) as e:  # unknown pipeline, options it does not take
                 raise ValueError(f"ReasoningEval: bad options for pipeline {spec['name']!r}: {e}") from None
         render_prompt("x", template)  # unknown template: fail now, listing the known ones
         if limit is not None and limit < 1:
