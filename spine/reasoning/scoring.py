@@ -90,15 +90,12 @@ def make_scorer(name: str | Scorer, **kwargs: Any) -> Scorer:
 # ----------------------------------------------------------------------------- teacher forcing
 def teacher_forced_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                             batch_size: int = 16) -> tuple[list[list[float]], list[Cost]]:
-    """Per-token log-probs of each continuation given its context (`sequence_logprobs`, batched, right-padded),
-    and each row's cost (its tokens, one forward pass, its share of the batch's time). A context too long
-    for the model keeps its last tokens."""
-    import torch
-
-    from ..generation import sequence_logprobs
+    """Per-token log-probs of each continuation given its context (`spine.generation.score`, i.e.
+    `sequence_logprobs`, batched), and each row's cost (its tokens, one forward pass, an even share of the
+    time). A context too long for the model keeps its last tokens."""
+    from ..generation import score
 
     ctx_len = model.config.context_length
-    device = next(model.parameters()).device
     rows = []
     for i, (context, cont) in enumerate(pairs):
         cont = list(cont)
@@ -109,29 +106,13 @@ def teacher_forced_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence
         if not context:
             raise ValueError(f"teacher_forced_logprobs: context {i} is empty")
         rows.append((context, cont))
-    out: list[list[float]] = []
-    costs: list[Cost] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            t0 = time.perf_counter()
-            T = max(len(c) + len(k) for c, k in chunk)
-            ids = torch.zeros((len(chunk), T), dtype=torch.long, device=device)
-            mask = torch.zeros((len(chunk), T), dtype=torch.bool, device=device)
-            for j, (c, k) in enumerate(chunk):
-                ids[j, :len(c) + len(k)] = torch.tensor(c + k, dtype=torch.long)
-                mask[j, len(c):len(c) + len(k)] = True
-            with torch.inference_mode():
-                lp = sequence_logprobs(model, ids, mask).float().cpu()
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for j, (c, k) in enumerate(chunk):
-                out.append(lp[j, len(c) - 1:len(c) - 1 + len(k)].tolist())
-                costs.append(Cost(prompt_tokens=len(c) + len(k), forward_passes=1, seconds=seconds))
-    finally:
-        model.train(was_training)
-    return out, costs
+    if not rows:
+        return [], []
+    t0 = time.perf_counter()
+    scored = score(model, [c for c, _ in rows], [k for _, k in rows], batch_size=batch_size)
+    seconds = (time.perf_counter() - t0) / len(rows)
+    return ([list(s.token_logprobs) for s in scored],
+            [Cost(prompt_tokens=len(c) + len(k), forward_passes=1, seconds=seconds) for c, k in rows])
 
 
 # ----------------------------------------------------------------------------- scorers
