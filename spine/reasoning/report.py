@@ -254,12 +254,15 @@ def plot_frontier(runs: Sequence[Run], out_png: str | Path) -> None:
 
 
 def plot_curves(curves: dict[str, Counts], out_png: str | Path, *, title: str, xlabel: str, log2: bool,
-                baselines: dict[str, tuple[int, int]] | None = None) -> None:
-    """Accuracy curves with Wilson intervals; `baselines` (single-sample runs) as dashed lines."""
+                baselines: dict[str, tuple[int, int]] | None = None, upper: Iterable[str] = ()) -> None:
+    """Accuracy curves with Wilson intervals; `baselines` (single-sample runs) as dashed lines; curves
+    named in `upper` (oracle upper bounds) dotted, gray and hollow."""
     fig, ax = _figure(title, xlabel)
+    upper = set(upper)
     for label, counts in curves.items():
         xs = sorted(counts)
-        _errbar(ax, xs, [counts[x] for x in xs], marker="o", label=label)
+        style = dict(linestyle=":", color="gray", mfc="none") if label in upper else {}
+        _errbar(ax, xs, [counts[x] for x in xs], marker="o", label=label, **style)
     for label, (c, n) in (baselines or {}).items():
         acc = 100 * c / n if n else 0.0
         ax.axhline(acc, linestyle="--", linewidth=1, color="gray")
@@ -298,6 +301,7 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
     k_curves: dict[str, Counts] = {}
     r_curves: dict[str, Counts] = {}
     baselines: dict[str, tuple[int, int]] = {}
+    upper: set[str] = set()
     for run in runs:
         s = run.summary
         parts.append(f"## {run.path.name}\n\n{run.label}{' (oracle: an upper bound, not a method)' if run.upper_bound else ''}"
@@ -307,12 +311,17 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
         kind, counts = _curves(run, equivalent)
         rounds = accuracy_by_round(run.records)
         if counts:
-            k_curves[f"{run.label} ({kind})"] = counts
+            name = f"{run.label} ({kind}{', upper bound' if run.upper_bound else ''})"
+            k_curves[name] = counts
+            if run.upper_bound:
+                upper.add(name)
             what = "majority vote" if kind == "vote" else "best by score"
             parts.append(f"\naccuracy vs k ({what} over the first k samples):\n")
             parts += _rows("k", counts)
         elif rounds:
             r_curves[run.label] = rounds
+            if run.upper_bound:
+                upper.add(run.label)
             parts.append("\naccuracy of the answer held after each refinement round:\n")
             parts += _rows("round", rounds)
         elif s.n and s.samples_per_problem <= 1:
@@ -325,7 +334,7 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
     if out_png is not None:
         if k_curves:
             plot_curves(k_curves, out_png, title="Accuracy vs samples per problem", log2=True, baselines=baselines,
-                        xlabel="samples per problem (k)")
+                        xlabel="samples per problem (k)", upper=upper)
             parts.append(f"accuracy-vs-samples plot: {out_png}")
         else:
             parts.append("no self-consistency runs (n_samples > 1): no plot written")
@@ -335,7 +344,7 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
     if rounds_png is not None:
         if r_curves:
             plot_curves(r_curves, rounds_png, title="Self-refinement: accuracy vs round", log2=False,
-                        xlabel="round (0 = draft)")
+                        xlabel="round (0 = draft)", upper=upper)
             parts.append(f"accuracy-vs-round plot: {rounds_png}")
         else:
             parts.append("no self-refinement runs: no rounds plot written")
