@@ -344,6 +344,9 @@ def report(traces: list[str], png: Optional[str] = None,
     return 0
 
 
+from . import ladder_commands  # noqa: E402,F401  (registers `ladder` and `ladder-report`)
+
+
 # ---------------------------------------------------------------------------- parser / main
 def build_parser():
     """jsonargparse parser with one subcommand per registered function."""
