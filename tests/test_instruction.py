@@ -136,6 +136,7 @@ def test_instruction_module_fit_two_steps_and_response_writer(tmp_path):
     from callbacks.responses import ResponseWriter
     from datamodules.instruction import InstructionDataModule
     from modules.instruction import InstructionModule
+    from spine.engine import Engine, SamplingParams
 
     dm = InstructionDataModule(_write(tmp_path, _records()), tokenizer="byte", batch_size=4, mask_prompt=True)
     assert dm.context_length == max(len(e.ids) for s in ("train", "val", "test") for e in dm.encoded(s))
@@ -146,7 +147,7 @@ def test_instruction_module_fit_two_steps_and_response_writer(tmp_path):
     model = InstructionModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=256, pad_id=dm.pad_id,
                               lr=1e-3, export_dir=str(tmp_path / "export"))
     writer = ResponseWriter(json_path=str(tmp_path / "r.json"), traces_path=str(tmp_path / "r.jsonl"),
-                            max_new_tokens=4, limit=3)
+                            sampling=SamplingParams(max_new_tokens=4), limit=3)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, val_check_interval=2,
                         default_root_dir=tmp_path, callbacks=[writer])
@@ -158,6 +159,10 @@ def test_instruction_module_fit_two_steps_and_response_writer(tmp_path):
 
     header, recs = read_traces(tmp_path / "r.jsonl")
     assert len(recs) == 3 and recs[0].prompt.endswith("### Response:\n") and recs[0].gold == out[0]["output"]
+    # the responses are the engine's greedy completions of the trained model
+    expected = Engine(model.model, dm.tokenizer).generate([r.prompt for r in recs], SamplingParams(max_new_tokens=4))
+    assert [r.completion for r in recs] == [row[0].text for row in expected]
+    assert [r.tokens for r in recs] == [row[0].generated_tokens for row in expected]
     from spine.checkpoint import load_checkpoint
 
     loaded, tok = load_checkpoint(tmp_path / "export")

@@ -219,8 +219,8 @@ class _StubEngine:
     def prompt_for(self, p):
         return p.prompt
 
-    def complete(self, prompts, **kw):
-        return [PipelineCompletion(t, 1, 0.0, "stop") for t in self.texts]
+    def sample(self, problems, params):
+        return [[PipelineCompletion(t, [1], [0.0], "stop", 1, 1)] for t in self.texts]
 
 
 def test_pipelines_grade_task_problems_with_the_task_verifier():
