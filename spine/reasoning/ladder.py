@@ -565,7 +565,7 @@ def render_png(reports: Sequence[RunReport], path: str | Path) -> Path:
             else:
                 lo, hi = a.acc[lv].lo, a.acc[lv].hi
             mk = markers.setdefault(a.method, "osD^vP*Xh<>"[len(markers) % 11])
-            ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt=mk, color=colors[a.model], capsize=3,
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]],  # rounding can cross 0 fmt=mk, color=colors[a.model], capsize=3,
                         label=a.name)
             ax.annotate(a.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")

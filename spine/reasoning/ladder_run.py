@@ -94,6 +94,9 @@ def _check_plan(plan: dict, where: Path) -> None:
         raise ValueError(f"{where}: vars may not be named {', '.join(sorted(known_vars & _BUILTIN))} (built-in placeholders)")
     for name, value in plan["vars"].items():
         _check_var_cycle(plan["vars"], name, (), where)
+        items = value if isinstance(value, list) else [value]
+        if items:
+            _check_argv(items, f"vars.{name}", where, known_vars, models if isinstance(models, dict) else {})
     for name, m in models.items():
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise ValueError(f"{where}: model name {name!r} may use only letters, digits, '-' and '_'")
