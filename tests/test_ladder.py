@@ -311,11 +311,15 @@ def test_runner_fills_skips_fails_and_records(tmp_path):
     for name in rs:
         assert sum(line.startswith(f"| {name} |") for line in main_table(md)) == 1
     assert "not run: pipeline no-such-pipeline not available" in md
-    # a rerun of the same plan and seed resumes: finished steps are not run again, the failed one is
+    # a rerun of the same plan and seed resumes after the last finished step: the failed step runs again
+    # and so does everything after it; the earlier outputs it would overwrite are moved aside, not deleted
     fake2 = FakeSpine()
     m2 = run_ladder(load_plan(plan_file), seed=3, out=run, execute=fake2, repo=REPO, log=lambda s: None)
-    assert [c[:2] for c in fake2.calls] == [["fit", "--fail"]]
+    assert [c[:2] for c in fake2.calls] == [["fit", "--fail"], ["fit", "--teacher"], ["eval", str(run / "child/ck")]]
     assert [s["id"] for s in m2["steps"]] == [s["id"] for s in m["steps"]]
+    assert [s.get("resumed", False) for s in m2["steps"]] == [True] * 4 + [False] * 3
+    stale = sorted(p.name.split(".")[0] for p in (run / "stale").iterdir())
+    assert stale == ["child", "child-greedy"] and (run / "child/ck/model.safetensors").is_file()
     # another seed into the same folder is refused; so is a folder that holds something else
     with pytest.raises(ValueError, match="another plan or seed"):
         run_ladder(load_plan(plan_file), seed=4, out=run, execute=fake, repo=REPO, log=lambda s: None)

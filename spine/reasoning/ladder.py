@@ -347,9 +347,13 @@ def evaluate_targets(targets: Sequence[dict], acc: Callable[[str], float | None]
             missing = t.get("rung") if a is None else t.get("baseline")
             out.append(TargetResult(name, f"rung {missing} {why_missing(str(missing))}", None))
             continue
+        if "min_ratio" in t and b <= 0:
+            out.append(TargetResult(name, f"{a:.1f}% vs {b:.1f}%: the baseline is at 0%, so the ratio is undefined",
+                                    None))
+            continue
         if "min_ratio" in t:
             want = float(t["min_ratio"])
-            ratio = a / b if b > 0 else float("inf") if a > 0 else 1.0
+            ratio = a / b
             short = (want - ratio) * b  # accuracy points the rung still needs
             met = ratio >= want
             text = (f"{a:.1f}% vs {b:.1f}% = {100 * ratio:.1f}% (target >= {100 * want:.0f}%)"

@@ -261,17 +261,27 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
                 out.append(_PLACEHOLDER.sub(sub, str(a)))
         return out
 
-    def step(sid: str, argv: list[str]) -> tuple[int, float, str]:
+    state = {"resuming": True}
+
+    def step(sid: str, argv: list[str], outputs: Path | None) -> tuple[int, float, str]:
         logrel = f"logs/{len(manifest['steps']):02d}-{sid}.log"
         if argv[0] == "fit":  # every fit reports its tokens and time the same way
             ledger = {"class_path": "callbacks.ledger.TrainingLedger",
                       "init_args": {"path": str(run / sid.split(".")[0] / "ledger.json")}}
             argv = [*argv, "--trainer.callbacks+=" + json.dumps(ledger)]
-        if sid in done and done[sid]["argv"] == argv:
+        # resume = continue after the last step that finished: once one step runs again, every later
+        # step does too (it may read what that step rewrites)
+        if state["resuming"] and sid in done and done[sid]["argv"] == argv:
             rec = dict(done[sid], resumed=True)
             manifest["steps"].append(rec)
             log(f"[ladder] {sid}: done in an earlier run ({rec['seconds']:.1f} s), skipped")
             return 0, float(rec["seconds"]), rec["log"]
+        state["resuming"] = False
+        if outputs is not None and outputs.exists():  # an earlier attempt's output: kept aside, never mixed in or deleted
+            stale = run / "stale" / f"{outputs.name}.{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+            stale.parent.mkdir(exist_ok=True)
+            os.replace(outputs, stale)
+            log(f"[ladder] {sid}: moved the earlier {outputs.relative_to(run)} to {stale.relative_to(run)}")
         log(f"[ladder] {sid}: spine {' '.join(argv)}")
         t0 = time.perf_counter()
         rc = int(execute(argv, run / logrel))
@@ -304,7 +314,8 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         else:
             total = 0.0
             for i, argv in enumerate(spec["steps"]):
-                rc, dt, logrel = step(f"{name}.{i}" if i else name, fill(argv, name))
+                # a model's first step that runs again starts from an empty model folder
+                rc, dt, logrel = step(f"{name}.{i}" if i else name, fill(argv, name), run / name if i == 0 else None)
                 total += dt
                 if rc != 0:
                     rec["status"], rec["note"] = "failed", f"step {i} exited {rc} (see {logrel})"
@@ -329,7 +340,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
                 continue
             traces = f"eval/{r['name']}.jsonl"
             (run / "eval").mkdir(exist_ok=True)
-            rc, dt, logrel = step(r["name"], fill(r_spec["argv"], name, str(run / traces)))
+            rc, dt, logrel = step(r["name"], fill(r_spec["argv"], name, str(run / traces)), run / traces)
             r["seconds"] = round(dt, 3)
             if rc == 0 and (run / traces).is_file():
                 r["status"], r["traces"] = "ok", [traces]
