@@ -171,6 +171,20 @@ def test_markdown_rows_targets_and_notes(tmp_path):
     assert png.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_student_share_of_teacher_parameters(tmp_path):
+    run = make_run(tmp_path / "run", models_extra={"student": {
+        "parent": "grpo", "teacher": "grpo", "checkpoint": "student/spine/final", "status": "ok", "seconds": 1.0}})
+    _fake_checkpoint(run / "student/spine/final", {"w": [3, 5]})  # 15 of the teacher's 60 parameters
+    m = json.loads((run / L.MANIFEST).read_text())
+    m["rungs"][-1].update(status="ok", traces=["eval/student.jsonl"], note="")
+    (run / L.MANIFEST).write_text(json.dumps(m))
+    _write_traces(run / "eval/student.jsonl", _greedy({1: [1, 1, 1, 0], 2: [1, 1, 0, 0]}, 7))
+    md = L.write_report([run])[0].read_text()
+    assert "- student: 15 parameters = 25.0% of its teacher grpo (60)" in md
+    # student L2 50% vs teacher L2 50%: ratio 100% >= 90%
+    assert "**student** — met: 50.0% vs 50.0% = 100.0% (target >= 90%)" in md
+
+
 def test_multi_seed_mean_and_range(tmp_path):
     a = make_run(tmp_path / "s0", seed=0)
     b = make_run(tmp_path / "s1", seed=1, sft_greedy={1: [1, 1, 1, 1], 2: [1, 1, 0, 0]},
@@ -347,7 +361,7 @@ def test_bad_plans_fail_in_one_line(tmp_path, edit, message):
 
 
 def test_shipped_plans_load():
-    for size in ("cpu", "tiny"):
+    for size in ("cpu", "gpu", "tiny"):
         plan = load_plan(REPO / "configs" / "ladder" / f"{size}.yaml")
         assert {"pretrain", "sft", "grpo", "grpo-random", "student"} <= set(plan["models"])
         names = [r["name"] for r in plan["rungs"]]

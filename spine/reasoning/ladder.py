@@ -460,6 +460,19 @@ def _targets_lines(results: list[TargetResult], level: str) -> list[str]:
     return out + [""]
 
 
+def _students(rep: RunReport) -> list[str]:
+    """One line per distilled model: its parameters as a share of its teacher's (the 'quarter size' check)."""
+    out = []
+    models = rep.manifest["models"]
+    params = {r.model: r.params for r in rep.rows if r.params}
+    for name, m in models.items():
+        teacher = m.get("teacher")
+        if teacher and params.get(name) and params.get(teacher):
+            out.append(f"- {name}: {params[name]:,} parameters = {100 * params[name] / params[teacher]:.1f}% of "
+                       f"its teacher {teacher} ({params[teacher]:,})")
+    return (["## Students", ""] + out + [""]) if out else []
+
+
 def _diagnostics(rep: RunReport) -> list[str]:
     out = ["## What the traces show", "",
            "| rung | problems | no answer extracted | final sample hit the token limit |", "|---|---:|---:|---:|"]
@@ -508,6 +521,7 @@ def render_markdown(reports: Sequence[RunReport], *, png_name: str | None = "lad
             m0.get("targets", []), lambda n: by[n].stats.levels[rep0.harder].acc
             if n in by and by[n].stats and rep0.harder in by[n].stats.levels else None,
             rep0.harder, lambda n: _why(rep0.rows, n)), rep0.harder)
+        lines += _students(rep0)
         lines += _diagnostics(rep0)
         lines += _steps(m0)
         return "\n".join(lines) + "\n"
