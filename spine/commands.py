@@ -305,6 +305,7 @@ def report(traces: list[str], png: Optional[str] = None,
     return 0
 
 
+from .serve import commands as _serve_commands  # noqa: E402,F401  (registers serve, chat, judge)
 from . import ladder_commands  # noqa: E402,F401  (registers `ladder` and `ladder-report`)
 
 
