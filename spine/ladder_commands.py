@@ -48,7 +48,7 @@ def ladder(
             rerun with the same plan and seed resumes after the last finished step.
         set: override a plan var, NAME=VALUE (repeat the flag).
     """
-    from .reasoning.ladder import write_report
+    from .reasoning.ladder_render import write_report
     from .reasoning.ladder_run import load_plan, run_ladder, subprocess_executor
 
     plan_path = Path(plan) if plan else PLANS / f"{size}.yaml"
@@ -83,7 +83,7 @@ def ladder_report(runs: list[str], out: Optional[str] = None) -> int:
         runs: ladder run folders written by `spine ladder`; several (seeds) give mean and range.
         out: folder for ladder.md/ladder.png (default: the run folder; required for several runs).
     """
-    from .reasoning.ladder import write_report
+    from .reasoning.ladder_render import write_report
 
     md, png = write_report(runs, out)
     print(md.read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ from statistics import NormalDist
 import pytest
 
 from spine.reasoning import ladder as L
+from spine.reasoning.ladder_render import write_report
 from spine.reasoning.ladder_run import load_plan, run_ladder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_report_numbers_equal_hand_computation(tmp_path):
 
 def test_markdown_rows_targets_and_notes(tmp_path):
     run = make_run(tmp_path / "run")
-    md_path, png = L.write_report([run])
+    md_path, png = write_report([run])
     md = md_path.read_text()
     lo, hi = wilson_by_quadratic(3, 4)
     assert f"75.0% [{lo:.1f}–{hi:.1f}] (n=4)" in md
@@ -179,7 +180,7 @@ def test_student_share_of_teacher_parameters(tmp_path):
     m["rungs"][-1].update(status="ok", traces=["eval/student.jsonl"], note="")
     (run / L.MANIFEST).write_text(json.dumps(m))
     _write_traces(run / "eval/student.jsonl", _greedy({1: [1, 1, 1, 0], 2: [1, 1, 0, 0]}, 7))
-    md = L.write_report([run])[0].read_text()
+    md = write_report([run])[0].read_text()
     assert "- student: 15 parameters = 25.0% of its teacher grpo (60)" in md
     # student L2 50% vs teacher L2 50%: ratio 100% >= 90%
     assert "**student** — met: 50.0% vs 50.0% = 100.0% (target >= 90%)" in md
@@ -199,7 +200,7 @@ def test_multi_seed_mean_and_range(tmp_path):
     assert gr.gain["2"].values == pytest.approx([25.0, 50.0])      # 50-25, 100-50
     assert g.train_tokens.values == [1000, 1001]
     assert agg["sft-bestofn"].runs == 0 and agg["sft-bestofn"].notes == ["skipped: pipeline bestofn not available"]
-    md, _ = L.write_report([a, b], tmp_path / "both")
+    md, _ = write_report([a, b], tmp_path / "both")
     text = md.read_text()
     assert "37.5% (25.0%–50.0%)" in text
     assert "Mean and range (min–max) over 2 runs (seeds 0, 1)" in text
@@ -224,7 +225,7 @@ def test_report_refuses_paths_outside_the_run_and_bad_manifests(tmp_path):
     with pytest.raises(ValueError, match="format must be"):
         L.run_report(tmp_path)
     with pytest.raises(ValueError, match="give --out"):
-        L.write_report([run, run])
+        write_report([run, run])
 
 
 def test_count_parameters_equals_model(tmp_path):
@@ -321,7 +322,7 @@ def test_runner_fills_skips_fails_and_records(tmp_path):
     assert tuned[:5] == ["fit", "--init", str(run / "base/ck"), "--out", str(run / "tuned/ck")]
     assert tuned[6] == "x-task:arith:level=1,n=4,seed=0,split=eval"
     # every rung has a row in the report, with the reason when it did not run
-    md = L.write_report([run])[0].read_text()
+    md = write_report([run])[0].read_text()
     for name in rs:
         assert sum(line.startswith(f"| {name} |") for line in main_table(md)) == 1
     assert "not run: pipeline no-such-pipeline not available" in md
@@ -411,7 +412,7 @@ def test_shrunken_ladder_end_to_end(tmp_path, monkeypatch):
     failed += [(r["name"], r["note"]) for r in m["rungs"] if r["status"] == "failed"]
     assert not failed, failed
     assert m["models"]["pretrain"]["status"] == "ok"
-    md_path, png = L.write_report([run])
+    md_path, png = write_report([run])
     md = main_table(md_path.read_text())
     rep = L.run_report(run)
     for r in m["rungs"]:
