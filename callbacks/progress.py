@@ -193,6 +193,11 @@ class SpineRichProgressBar(RichProgressBar):
         self._update_metrics(trainer, pl_module)
         self.refresh()
 
+    def on_train_end(self, trainer, pl_module):
+        # what fit-end callbacks print (samples, checkpoint paths, eval tables) goes below the
+        # finished bar instead of being glued to its last line
+        self._stop_progress()
+
     def configure_columns(self, trainer):
         from rich.progress import TimeRemainingColumn
 
