@@ -1,10 +1,12 @@
 """Lightning callbacks: samples, checkpoint export + parity, plots, throughput, reasoning evaluation."""
 from .checkpoint import CheckpointParityError, SpineCheckpoint, check_parity
 from .plots import LossCurvePlot
+from .predictions import PredictionWriter
+from .progress import SpineModelSummary, SpineRichProgressBar, TextProgress
 from .reasoning_eval import ReasoningEval
 from .responses import ResponseWriter
 from .samples import SampleGeneration
 from .throughput import TokenThroughputMonitor
 
-__all__ = ["CheckpointParityError", "LossCurvePlot", "ReasoningEval", "ResponseWriter", "SampleGeneration", "SpineCheckpoint", "TokenThroughputMonitor",
+__all__ = ["CheckpointParityError", "LossCurvePlot", "PredictionWriter", "SpineModelSummary", "SpineRichProgressBar", "TextProgress", "ReasoningEval", "ResponseWriter", "SampleGeneration", "SpineCheckpoint", "TokenThroughputMonitor",
            "check_parity"]

@@ -28,7 +28,7 @@ _TRAINER_HELP = {
     "predict": "Run predictions and write them (a prediction writer, e.g. callbacks.PredictionWriter).",
 }
 # commands that live outside spine.commands' registry (imported for their @command side effect)
-_EXTRA_COMMAND_MODULES = ("spine.recipes", "spine.classify_cli")
+_EXTRA_COMMAND_MODULES = ("spine.recipes", "modules.classify_cli")
 
 
 # ---------------------------------------------------------------------------- quiet Lightning
@@ -36,7 +36,8 @@ class _DropTips(logging.Filter):
     """Lightning's advertisement for its cloud logger is not information about this run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith("💡 Tip")
+        msg = str(record.getMessage())
+        return not msg.startswith(("💡 Tip", "Trainer already configured with model summary callbacks"))
 
 
 def quiet_lightning() -> None:
@@ -183,7 +184,7 @@ def link_latest(log_dir: str | os.PathLike | None) -> Path | None:
 # ---------------------------------------------------------------------------- LightningCLI
 def _lightning_cli(args: list[str] | None) -> int:
     import lightning.pytorch as L
-    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+    from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     import datamodules  # noqa: F401  (registers the data modules: `--data.help PretrainDataModule`, help listings)
@@ -208,6 +209,10 @@ def _lightning_cli(args: list[str] | None) -> int:
                 callbacks = [*callbacks, default_progress_bar()]
             if config.get("enable_model_summary", True) is not False and not any(isinstance(c, ModelSummary) for c in given):
                 callbacks = [*callbacks, SpineModelSummary()]
+            if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in given):
+                from callbacks.predictions import PredictionWriter
+
+                callbacks = [*callbacks, PredictionWriter()]  # predictions are written, not thrown away
             return super()._instantiate_trainer(config, callbacks)
 
     # (the `--ckpt_path last` resolution of modules/resume.py goes here, before parsing)
