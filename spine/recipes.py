@@ -88,5 +88,5 @@ def configs(config_dir: Optional[str] = None, verbose: bool = False) -> int:
         else:
             cpu, gpu = (info.get(k, "-") for k in ("cpu", "gpu"))
             print(f"{name:<{width}}  {cpu:<{wc}}  {gpu:<{wg}}  {info.get('summary', '-')}")
-    print("\nrun one: spine fit --config RECIPE   (spine configs --verbose: memory, disk, what it needs)")
+    print("\nrun one: spine fit --config RECIPE   (spine configs --verbose true: memory, disk, what it needs)")
     return 0

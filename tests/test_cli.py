@@ -89,3 +89,48 @@ def test_latest_link_points_at_the_run_and_never_replaces_a_folder(tmp_path):
     (other / "latest").mkdir(parents=True)
     (other / "version_0").mkdir()
     assert link_latest(other / "version_0") is None and (other / "latest").is_dir()
+
+
+def test_configs_lists_every_shipped_recipe_with_its_header(capsys):
+    code, out, err = _run(capsys, ["configs"])
+    assert code == 0, err
+    shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+    listed = [line.split()[0] for line in out.splitlines()[1:] if line.startswith("configs/")]
+    assert listed == shipped
+    row = next(line for line in out.splitlines() if line.startswith("configs/quickstart.yaml"))
+    from spine.recipes import read_header
+
+    header = read_header(ROOT / "configs" / "quickstart.yaml")
+    assert header["cpu"] in row and header["summary"] in row
+
+
+def test_configs_tolerates_recipes_without_a_header(capsys, tmp_path):
+    (tmp_path / "plain.yaml").write_text("# Just a comment saying what it does.\n# more\nseed_everything: 1\n")
+    (tmp_path / "bare.yaml").write_text("trainer: {}\n")
+    (tmp_path / "partial.yml").write_text("# summary: half a header\n# gpu: 3 s, H100\nmodel: {}\n")
+    code, out, err = _run(capsys, ["configs", "--config_dir", tmp_path, "--verbose", "true"])
+    assert code == 0, err
+    blocks = out.split(f"{tmp_path.name}/")
+    text = {b.splitlines()[0]: b for b in blocks[1:]}
+    assert "summary: Just a comment saying what it does." in text["plain.yaml"] and "cpu:     -" in text["plain.yaml"]
+    assert "summary: -" in text["bare.yaml"]
+    assert "gpu:     3 s, H100" in text["partial.yml"] and "summary: half a header" in text["partial.yml"]
+
+
+def test_verdict_offline_without_source_is_one_line(capsys, in_repo, tmp_path, monkeypatch, gpt2_vocab_dir):
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    code, out, err = _run(capsys, ["fit", "--config", "configs/verdict.yaml", "--model.init_args.model", "gpt2-tiny",
+                                   f"--data.init_args.vocab_dir={gpt2_vocab_dir}", f"--data.init_args.cache_dir={tmp_path}",
+                                   f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+                                   "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"])
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("spine fit: error")]
+    assert len(lines) == 1 and "could not download https://raw.githubusercontent.com/" in lines[0]
+    assert "Traceback" not in err and "local path as the source" in lines[0]
+    assert not any((tmp_path / "downloads").glob("*.part")) if (tmp_path / "downloads").exists() else True
