@@ -314,9 +314,9 @@ def eval_(
         name = Path(checkpoint[3:] if checkpoint.startswith("hf:") else checkpoint).expanduser().resolve().name
         traces = str(Path("runs") / "eval" / f"{_slug(name)}-{label}-{config_hash(cfg)[:8]}.jsonl")
 
-    def progress(done: int, total: int) -> None:
-        print(f"[spine eval] {done}/{total} problems", file=sys.stderr, flush=True)
+    from .progress import ProgressLine
 
+    progress = ProgressLine("[spine eval]", unit="problems")
     report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
                       chunk_size=max(1, batch_size * 4 // (n if pipeline == "sc" else 1)), progress=progress)
     label = f"self-consistency n={n}" if pipeline == "sc" else pipeline
