@@ -192,7 +192,6 @@ def _lightning_cli(args: list[str] | None) -> int:
     from .base import SpineModule
 
     quiet_lightning()
-    default_threads()
 
     class SpineCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -217,6 +216,7 @@ def _lightning_cli(args: list[str] | None) -> int:
 
     # (the `--ckpt_path last` resolution of modules/resume.py goes here, before parsing)
     try:
+        default_threads()
         cli = SpineCLI(
             SpineModule,
             L.LightningDataModule,
@@ -286,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         hint = _suggest(args[0], [*TRAINER_COMMANDS, *tools])
         print(f"spine: error: unknown command {args[0]!r}{hint}\n(spine --help lists the commands)", file=sys.stderr)
         return 2
+    if args[0] not in ("configs",) and "--help" not in args and "-h" not in args:
+        try:
+            default_threads()
+        except ValueError as e:
+            print(f"spine: error: {e}", file=sys.stderr)
+            return 2
     from spine.commands import main as commands_main
 
     return commands_main(args)

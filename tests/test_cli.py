@@ -134,3 +134,32 @@ def test_verdict_offline_without_source_is_one_line(capsys, in_repo, tmp_path, m
     assert len(lines) == 1 and "could not download https://raw.githubusercontent.com/" in lines[0]
     assert "Traceback" not in err and "local path as the source" in lines[0]
     assert not any((tmp_path / "downloads").glob("*.part")) if (tmp_path / "downloads").exists() else True
+
+
+def test_default_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    import torch
+
+    from modules.cli import default_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("SPINE_NUM_THREADS", raising=False)
+        torch.set_num_threads(4)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert default_threads() == 2 and torch.get_num_threads() == 2  # pinned to 2 CPUs (taskset)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+        assert default_threads() is None and torch.get_num_threads() == 2  # never more than torch's default
+        monkeypatch.setenv("OMP_NUM_THREADS", "8")
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+        assert default_threads() is None and torch.get_num_threads() == 2  # the user's setting wins
+        monkeypatch.setenv("SPINE_NUM_THREADS", "1")
+        assert default_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("SPINE_NUM_THREADS", "zero")
+        with pytest.raises(ValueError, match="SPINE_NUM_THREADS"):
+            default_threads()
+    finally:
+        torch.set_num_threads(before)
