@@ -350,10 +350,10 @@ def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="spine", description="spine tools (Trainer stages: spine fit|validate|test|"
-                            "predict)", exit_on_error=False)
+                            "predict)", exit_on_error=False, allow_abbrev=False)
     subcommands = parser.add_subcommands(dest="subcommand")
     for name, fn in COMMANDS.items():
-        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False)
+        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False, allow_abbrev=False)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options")
         if name in _VARIADIC:
             param, help_text = _VARIADIC[name]

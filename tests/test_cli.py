@@ -163,3 +163,8 @@ def test_default_threads_follow_the_cpus_this_process_may_use(monkeypatch):
             default_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_tool_options_are_not_prefixes(capsys, tmp_path):
+    code, _, err = _run(capsys, ["generate", "--checkpoint", tmp_path, "--prompt", "a", "--max_new_token", "3"])
+    assert code == 2 and "unrecognized arguments: --max_new_token" in err
