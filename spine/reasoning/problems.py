@@ -275,7 +275,7 @@ def _sniff_format(records: list[dict], where: str) -> str:
 
 
 def load_problems(source: str | Path, *, format: str = "auto", **field_map: Any) -> list[Problem]:
-    """Load problems from a file, a hub dataset name or a "synthetic:..." spec.
+    """Load problems from a file, a hub dataset name, a "synthetic:..." or a "task:..." spec.
 
     `format`: "auto" (sniffed from the fields), "math500", "gsm8k", "json"/"jsonl" (generic: needs
     `prompt_field` and `answer_field`, optional `id_field`, `metadata_fields`), or "synthetic".
@@ -285,6 +285,12 @@ def load_problems(source: str | Path, *, format: str = "auto", **field_map: Any)
     if format not in FORMATS:
         raise ValueError(f"unknown problem format {format!r}; known formats: {', '.join(FORMATS)}")
     src = str(source)
+    if src.strip().startswith("task:"):  # task family specs (spine.reasoning.tasks.spec)
+        if field_map:
+            raise ValueError(f"task problems take no field options (got {sorted(field_map)})")
+        from spine.reasoning.tasks.spec import load_task_problems  # lazy: tasks import this module
+
+        return load_task_problems(src)
     if format == "synthetic" or (format == "auto" and src.split(":", 1)[0].strip() == "synthetic"):
         if field_map:
             raise ValueError(f"synthetic problems take no field options (got {sorted(field_map)})")
