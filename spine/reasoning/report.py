@@ -84,7 +84,9 @@ def _plot(curves: dict[str, dict[int, float]], out_png: Path, baselines: dict[st
         n = n_problems.get(label)
         if n:
             lo_hi = [wilson_interval(round(acc[k] * n), n) for k in ks]
-            err = [[y - 100 * lo for y, (lo, _) in zip(ys, lo_hi)], [100 * hi - y for y, (_, hi) in zip(ys, lo_hi)]]
+            # max(0, ...): at 0% or 100% the interval's end and the point differ only by rounding
+            err = [[max(0.0, y - 100 * lo) for y, (lo, _) in zip(ys, lo_hi)],
+                   [max(0.0, 100 * hi - y) for y, (_, hi) in zip(ys, lo_hi)]]
             ax.errorbar(ks, ys, yerr=err, marker="o", capsize=3, label=f"{label} (n={n}, 95% CI)")
         else:
             ax.plot(ks, ys, marker="o", label=label)
