@@ -6,7 +6,9 @@ from .progress import SpineModelSummary, SpineRichProgressBar, TextProgress
 from .reasoning_eval import ReasoningEval
 from .responses import ResponseWriter
 from .samples import SampleGeneration
+from .threads import TorchThreads
 from .throughput import TokenThroughputMonitor
 
-__all__ = ["CheckpointParityError", "LossCurvePlot", "PredictionWriter", "SpineModelSummary", "SpineRichProgressBar", "TextProgress", "ReasoningEval", "ResponseWriter", "SampleGeneration", "SpineCheckpoint", "TokenThroughputMonitor",
+__all__ = ["CheckpointParityError", "LossCurvePlot", "PredictionWriter", "ReasoningEval", "ResponseWriter", "SampleGeneration",
+           "SpineCheckpoint", "SpineModelSummary", "SpineRichProgressBar", "TextProgress", "TokenThroughputMonitor", "TorchThreads",
            "check_parity"]

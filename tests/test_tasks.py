@@ -229,3 +229,19 @@ def test_pipelines_grade_task_problems_with_the_task_verifier():
     res = SingleSample().run(_StubEngine(["\\boxed{25 + 3 + 3 - 3}", "\\boxed{3 + 25}"]), [p, p])
     assert [r.correct for r in res] == [False, True]
     assert res[0].rule == "reused_number" and res[1].answer == "3 + 25"
+
+
+def test_torch_threads_callback_pins_and_restores():
+    import torch
+
+    from callbacks import TorchThreads
+
+    before = torch.get_num_threads()
+    cb = TorchThreads(num_threads=2)
+    cb.setup(None, None, "fit")
+    assert torch.get_num_threads() == 2
+    cb.teardown(None, None, "fit")
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads must be an integer >= 1"):
+            TorchThreads(num_threads=bad)
