@@ -235,9 +235,11 @@ def _lightning_cli(args: list[str] | None) -> int:
               file=sys.stderr)
         return 2
     if cli.subcommand == "fit" and cli.trainer.is_global_zero and cli.trainer.logger is not None:
-        link = link_latest(cli.trainer.log_dir)
+        # the logger's own log_dir: Trainer.log_dir broadcasts, and the other ranks have already returned
+        log_dir = getattr(cli.trainer.logger, "log_dir", None)
+        link = link_latest(log_dir)
         if link is not None:
-            print(f"run folder: {cli.trainer.log_dir} (also {link})")
+            print(f"run folder: {log_dir} (also {link})")
     return 0
 
 
