@@ -95,11 +95,15 @@ def test_tokenizers_travel_with_the_checkpoint(tmp_path, gpt2_vocab_dir):
 def test_tampered_file_is_named_with_both_hashes(tmp_path):
     d = save_checkpoint(tmp_path / "ck", _model())
     expected = json.loads((d / "manifest.json").read_text())["files"]["config.json"]["sha256"]
-    (d / "config.json").write_text((d / "config.json").read_text() + " ")
+    text = (d / "config.json").read_text()
+    (d / "config.json").write_text(text.replace("\n", " ", 1))  # same size, other bytes
     actual = hashlib.sha256((d / "config.json").read_bytes()).hexdigest()
     with pytest.raises(ValueError, match=rf"config\.json: sha256 mismatch.*{expected}.*{actual}"):
         load_checkpoint(d)
     load_checkpoint(d, verify=False)  # whitespace does not change the config itself
+    (d / "config.json").write_text(text + " ")  # another size: named before any hashing
+    with pytest.raises(ValueError, match=rf"config\.json: {len(text) + 1} bytes, but manifest.json records {len(text)}"):
+        load_checkpoint(d)
 
 
 def test_missing_listed_file_and_missing_manifest(tmp_path):
@@ -119,7 +123,7 @@ def test_truncated_safetensors(tmp_path, keep):
     d = save_checkpoint(tmp_path / "ck", _model())
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[:max(8, int(len(data) * keep))])
-    with pytest.raises(ValueError, match="model.safetensors: sha256 mismatch"):
+    with pytest.raises(ValueError, match=r"model.safetensors: \d+ bytes, but manifest.json records \d+"):
         load_checkpoint(d)
     with pytest.raises(ValueError, match="model.safetensors is truncated or not a safetensors file"):
         load_checkpoint(d, verify=False)
