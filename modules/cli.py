@@ -5,7 +5,7 @@ import os
 import sys
 
 # Errors that mean "your input is wrong" (a missing file, a bad value): one line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (ValueError, OSError)  # OSError: FileNotFoundError, a full disk, ... (named by the raiser)
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -22,6 +22,10 @@ def _lightning_cli(args: list[str] | None) -> int:
             parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
             parser.link_arguments("data.pad_id", "model.init_args.pad_id", apply_on="instantiate")
             parser.link_arguments("data.context_length", "model.init_args.context_length", apply_on="instantiate")
+
+        def _parse_ckpt_path(self) -> None:  # resolve `last`, verify the file, refuse a changed model
+            from .resume import preflight
+            preflight(self)
 
     try:
         SpineCLI(
