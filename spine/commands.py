@@ -274,7 +274,7 @@ def eval_(
     """
     from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
     from .reasoning.pipelines import Engine, make_pipeline
-    from .reasoning.problems import load_problems
+    from .reasoning.problems import load_problems, validate_problems
     from .reasoning.prompts import render_prompt
     from .traces import config_hash, format_summary
 
@@ -291,6 +291,7 @@ def eval_(
     except TypeError as e:  # option combinations the loader rejects
         raise ValueError(str(e)) from None
     probs = probs[:limit] if limit else probs
+    validate_problems(probs, where=problems)  # before the model loads: nothing generated for a bad file
     source, extra = source_identity(problems)
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer
@@ -301,6 +302,7 @@ def eval_(
         stop_strings = ["\nQuestion:"] if template == "synthetic" else []
     engine = Engine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
                     max_new_tokens=max_new_tokens, batch_size=batch_size, stop_strings=stop_strings)
+    validate_problems(probs, where=problems, engine=engine, context_length=model.config.context_length)
     kwargs: dict = {"top_k": top_k, "top_p": top_p, "seed": seed}
     if temperature is not None:
         kwargs["temperature"] = temperature
