@@ -50,6 +50,10 @@ def _lightning_cli(args: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `spine` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from .resume import config_file_error
+    if (problem := config_file_error(args)) is not None:  # one line naming the file, not usage text
+        print(f"spine: error: {problem}", file=sys.stderr)
+        return 2
     if args and args[0] in TRAINER_COMMANDS:
         # LightningCLI reads sys.argv itself when run as a script (it warns if given both)
         return _lightning_cli(None if argv is None else args)

@@ -163,3 +163,35 @@ def preflight(cli: Any) -> None:
     if isinstance(hparams, dict):
         check_same_model(hparams, cfg.get("model"), path)
     cfg.ckpt_path = str(path)
+
+
+def config_file_error(argv: list[str]) -> str | None:
+    """One line naming a `--config` file that is missing or not valid YAML (jsonargparse would print
+    its usage text and a parser error about `<unicode string>`), else None."""
+    import yaml
+
+    paths = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    for name in paths:
+        p = Path(name).expanduser()
+        if not p.is_file():
+            return f"config file not found: {p}"
+        raw = p.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return f"{p}: not UTF-8 text (byte offset {e.start}); a config file is YAML text"
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            return f"{p}: invalid YAML{where}: {problem}"
+        if data is not None and not isinstance(data, dict):
+            return f"{p}: expected a YAML mapping of options (key: value), got a {type(data).__name__}"
+    return None
