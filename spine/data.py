@@ -186,8 +186,12 @@ def tokenize_to_cache(
         # meta first, then the data: `_cached` needs both and checks the size against the meta.
         atomic_write_bytes(_meta_path(bin_path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         os.replace(tmp, bin_path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and str(bin_path.parent) not in str(e):
+            from .atomic import write_error
+
+            raise write_error(bin_path, e, "token cache") from e
         raise
     return bin_path
 
