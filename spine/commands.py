@@ -55,6 +55,14 @@ def _device(device: str) -> str:
     return device
 
 
+def _check_sampling(top_k: Optional[int], top_p: Optional[float]) -> None:
+    """--top_k 0 used to mean "no filter" without a word; refuse values that filter nothing or everything."""
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top_k must be >= 1 (leave it out for no top-k filter), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {top_p}")
+
+
 def _check_target(dst: str, overwrite: bool) -> Path:
     p = Path(dst).expanduser()
     if p.exists() and (not p.is_dir() or any(p.iterdir())) and not overwrite:
@@ -99,6 +107,7 @@ def generate(
     from .hf import parse_dtype
     from .tokenizer import check_vocab_fits, get_tokenizer
 
+    _check_sampling(top_k, top_p)
     model, tok = load_checkpoint(checkpoint, map_location=_device(device), dtype=parse_dtype(dtype))
     if tokenizer is not None:
         tok = get_tokenizer(tokenizer)
@@ -284,6 +293,7 @@ def eval_(
         raise ValueError(f"--limit must be >= 1, got {limit}")
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    _check_sampling(top_k, top_p)
     fields = {k: v for k, v in (("prompt_field", prompt_field), ("answer_field", answer_field),
                                 ("id_field", id_field)) if v is not None}
     try:
