@@ -141,6 +141,7 @@ def save_checkpoint(directory: str | Path, model: GPT, tokenizer: Any | None = N
         from .tokenizer import check_vocab_fits
 
         check_vocab_fits(tokenizer, model.config.vocab_size, where=f"save_checkpoint({target})")
+        check_tokenizer_covers(tokenizer, model.config.vocab_size, where=f"save_checkpoint({target})")
     meta = dict(metadata or {})
     try:
         json.dumps(meta)

@@ -193,7 +193,7 @@ def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
     class Boom:
-        vocab_size = 10
+        vocab_size = a.config.vocab_size
 
         def save(self, directory):
             (directory / "half_written").write_text("x")
