@@ -41,7 +41,8 @@ def _lightning_cli(args: list[str] | None) -> int:
         if os.environ.get("SPINE_DEBUG"):
             raise
         command = (args or sys.argv[1:] or ["fit"])[0]
-        print(f"spine {command}: error: {type(e).__name__}: {e}\n(set SPINE_DEBUG=1 for the traceback)",
+        from .resume import error_line
+        print(f"spine {command}: error: {type(e).__name__}: {error_line(e)}\n(set SPINE_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 2
     return 0

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spine.atomic import load_training_checkpoint
+from spine.atomic import load_training_checkpoint, remove_stale_siblings
 
 # settings that decide the model's shape or identity: a resumed run must agree with its checkpoint
 ARCH_KEYS = ("model", "model_overrides", "init")
@@ -147,6 +147,7 @@ def preflight(cli: Any) -> None:
     path = find_last_checkpoint(cfg.get("trainer")) if ckpt_path == "last" else Path(ckpt_path).expanduser()
     if ckpt_path == "last":
         print(f"spine {subcommand}: resuming from {path}", file=sys.stderr)
+        remove_stale_siblings(path)  # what a writer killed mid-save left beside it (a new run saves elsewhere)
     if path.is_dir():  # a sharded checkpoint (FSDP2): its metadata file holds the hyperparameters
         if (path / "manifest.json").is_file():
             raise ValueError(f"--ckpt_path {path} is a spine checkpoint (weights only); start from it with "
@@ -195,3 +196,18 @@ def config_file_error(argv: list[str]) -> str | None:
         if data is not None and not isinstance(data, dict):
             return f"{p}: expected a YAML mapping of options (key: value), got a {type(data).__name__}"
     return None
+
+
+def error_line(e: BaseException) -> str:
+    """`e` as one line. jsonargparse wraps an error raised inside a model's or data module's `__init__`
+    into a multi-line "Does not validate against any of the Union subtypes" report that also dumps
+    the whole config; the line a user needs is the one error that is not "Expected a NoneType"."""
+    text = str(e)
+    if "Does not validate against any of the Union subtypes" in text and "Errors:" in text:
+        items = [line.strip()[2:] for line in text.split("Errors:", 1)[1].splitlines()
+                 if line.strip().startswith("- ")]
+        real = [i for i in items if not i.startswith("Expected a <class 'NoneType'>")]
+        if real:
+            text = real[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(e).__name__
