@@ -20,8 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spine.config import ModelConfig  # noqa: E402
-from spine.generation import generate  # noqa: E402
+from spine.engine import Engine, SamplingParams  # noqa: E402
 from spine.model import GPT  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_nsamples import IdsOnly  # noqa: E402
 
 
 def timed(fn, reps: int, warmup: int) -> float:
@@ -50,7 +53,6 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    ctx = args.prompt_len + args.new_tokens
     cfg = ModelConfig.from_preset(args.model, context_length=1024 if args.model.startswith("gpt2") else 2048)
     torch.manual_seed(0)
     model = GPT(cfg).cuda().to(torch.bfloat16).eval()
@@ -71,12 +73,13 @@ def main() -> None:
         prompts = torch.randint(0, cfg.vocab_size, (B, args.prompt_len), generator=g)
         for variant in args.variants.split(","):
             if variant.startswith("spine"):
-                compiled = variant == "spine"
-                model.setup_kv_cache(B, ctx)  # reused across calls: static shapes for the CUDA graph
+                # compiled: the engine keeps its cache buffers per shape, so the CUDA graph is reused
+                engine = Engine(model, IdsOnly(), batch_size=B, compile=variant == "spine", sync_every=10**9)
+                ids = prompts.tolist()
 
                 def run(n):
-                    return generate(model, prompts, max_new_tokens=n, temperature=1.0, top_k=args.top_k, seed=0,
-                                    compile_decode=compiled, sync_every=10**9)
+                    return engine.generate(ids, SamplingParams(temperature=1.0, top_k=args.top_k, seed=0,
+                                                               max_new_tokens=n))
             else:
                 ids = prompts.cuda()
 
@@ -87,8 +90,6 @@ def main() -> None:
                                                  pad_token_id=0)
             total = timed(lambda: run(args.new_tokens), args.reps, args.warmup)
             ttft = timed(lambda: run(1), args.reps, args.warmup)
-            if variant.startswith("spine"):
-                model.reset_kv_cache()
             tpot = (total - ttft) / (args.new_tokens - 1)
             row = {"variant": variant, "batch": B, "tokens_per_s": B * args.new_tokens / total,
                    "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "total_s": total}

@@ -113,6 +113,40 @@ def bench_hf(cfg, B, T, args) -> float | None:
     return t
 
 
+def bench_nanogpt(cfg, B, T, args) -> float | None:
+    """nanoGPT's `model.py` (from ../shared/anchors, never copied here): the headline peer, same process."""
+    import importlib.util
+
+    path = Path(args.anchors) / "nanogpt_model.py"
+    if cfg.family != "gpt2" or not path.is_file():
+        print(f"nanogpt variant skipped: {'not a GPT-2 shape' if cfg.family != 'gpt2' else f'{path} not found'}")
+        return None
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    nano = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nano)
+    torch.manual_seed(0)
+    ncfg = nano.GPTConfig(block_size=max(T, 1024), vocab_size=cfg.padded_vocab_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.d_model, dropout=0.0, bias=True)
+    model = nano.GPT(ncfg).cuda().train()
+    # nanoGPT's own recipe: compile the whole model, fused AdamW from its configure_optimizers
+    opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cuda")
+    if args.compile:
+        model = torch.compile(model)
+    batch = make_batch(cfg, B, T, "cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(batch["input_ids"], batch["targets"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t, _ = median_step_time(step, args.steps, args.warmup)
+    del model, opt
+    return t
+
+
 def bench_trainer(cfg, B, T, args) -> float:
     """`spine fit` path: PretrainModule + PretrainDataModule through Lightning's Trainer."""
     import lightning.pytorch as L
@@ -157,7 +191,8 @@ def main() -> None:
     ap.add_argument("--chunked_ce", type=int, default=0)
     ap.add_argument("--compile_scope", default="loss", choices=["loss", "model"])
     ap.add_argument("--pad_vocab_to", type=int, default=64)
-    ap.add_argument("--variants", default="trainer,plain,plain_loader,hf")
+    ap.add_argument("--variants", default="trainer,plain,plain_loader,hf,nanogpt")
+    ap.add_argument("--anchors", default="../shared/anchors", help="folder holding nanogpt_model.py")
     ap.add_argument("--vocab_dir", default=".devdata/gpt2-bpe")
     ap.add_argument("--cache_dir", default="/tmp/spine-cache")
     ap.add_argument("--peak_tflops", type=float, default=989.0)
@@ -189,6 +224,10 @@ def main() -> None:
             dm.prepare_data()
             dm.setup("fit")
             t = bench_plain(cfg, B, T, args, loader=dm.train_dataloader())
+        elif variant == "nanogpt":
+            t = bench_nanogpt(cfg.replace(pad_vocab_to=64), B, T, args)
+            if t is None:
+                continue
         elif variant == "hf":
             t = bench_hf(cfg.replace(pad_vocab_to=1), B, T, args)
             if t is None:
@@ -209,6 +248,8 @@ def main() -> None:
         print(f"| {r['variant']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
     if "hf" in base and "trainer" in base:
         print(f"trainer / hf = {base['trainer'] / base['hf']:.2f}x")
+    if "nanogpt" in base and "trainer" in base:
+        print(f"trainer / nanogpt = {base['trainer'] / base['nanogpt']:.2f}x")
     if "plain" in base and "trainer" in base:
         print(f"lightning overhead = {1 - base['trainer'] / base['plain']:.1%}")
     if "plain" in base and "plain_loader" in base:

@@ -4,7 +4,8 @@ from .plots import LossCurvePlot
 from .reasoning_eval import ReasoningEval
 from .responses import ResponseWriter
 from .samples import SampleGeneration
+from .threads import TorchThreads
 from .throughput import TokenThroughputMonitor
 
-__all__ = ["CheckpointParityError", "LossCurvePlot", "ReasoningEval", "ResponseWriter", "SampleGeneration", "SpineCheckpoint", "TokenThroughputMonitor",
+__all__ = ["CheckpointParityError", "LossCurvePlot", "ReasoningEval", "ResponseWriter", "SampleGeneration", "SpineCheckpoint", "TokenThroughputMonitor", "TorchThreads",
            "check_parity"]

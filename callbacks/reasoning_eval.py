@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from spine.distributed import unsharded_copy
 from spine.reasoning.evaluate import evaluate, evaluate_sharded
-from spine.reasoning.pipelines import Engine, make_pipeline
+from spine.params import SamplingParams
+from spine.reasoning.pipelines import ProblemEngine, make_pipeline
 from spine.reasoning.problems import load_problems
 from spine.reasoning.prompts import render_prompt
 from spine.traces import format_summary
@@ -27,7 +28,8 @@ def _all_gather_object(obj):
 class ReasoningEval(L.Callback):
     """Evaluate `pipelines` on `problems` every `every_n_steps` steps and/or at the end of fit.
 
-    Each pipeline is a dict: {"name": "greedy"} or {"name": "sc", "n": 8, "temperature": 0.8}.
+    Each pipeline is a dict: {"name": "greedy"} or {"name": "sc", "n": 8, "temperature": 0.8}: its
+    SamplingParams fields override `sampling`, the settings all pipelines share (max_new_tokens, stop).
     Logs `reasoning/<label>_acc`; traces go to `<trace_dir>/<label>-step<step>.jsonl`
     (default trace_dir: `<log_dir>/traces`). Under DDP each rank evaluates a disjoint share
     (rank r takes problems r, r+W, …); the records are gathered once to rank 0, which alone writes
@@ -40,8 +42,8 @@ class ReasoningEval(L.Callback):
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
                  pipelines: list[dict[str, Any]] | None = None, template: str = "synthetic",
-                 max_new_tokens: int = 64, batch_size: int = 64, stop_strings: list[str] | None = None,
-                 every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
+                 sampling: SamplingParams = SamplingParams(max_new_tokens=64, stop=("\nQuestion:",)),
+                 batch_size: int = 64, every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
                  limit: int | None = None):
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
@@ -50,14 +52,14 @@ class ReasoningEval(L.Callback):
                 raise ValueError(f"ReasoningEval: each pipeline needs a 'name' (greedy or sc), got {spec}")
             args = {k: v for k, v in spec.items() if k != "name"}
             try:
-                make_pipeline(spec["name"], **args)
+                make_pipeline(spec["name"], sampling=sampling, **args)
             except TypeError as e:
                 raise ValueError(f"ReasoningEval: bad options for pipeline {spec['name']!r}: {e}") from None
         render_prompt("x", template)  # unknown template: fail now, listing the known ones
         if limit is not None and limit < 1:
             raise ValueError(f"ReasoningEval: limit must be >= 1 (or None), got {limit}")
-        self.engine_args = dict(template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                stop_strings=stop_strings if stop_strings is not None else ["\nQuestion:"])
+        self.sampling = sampling
+        self.engine_args = dict(template=template, batch_size=batch_size)
         self.every_n_steps, self.at_fit_end = every_n_steps, at_fit_end
         self.trace_dir, self.limit = trace_dir, limit
         self.results: list[dict[str, Any]] = []
@@ -83,16 +85,15 @@ class ReasoningEval(L.Callback):
         world, rank = trainer.world_size, trainer.global_rank
         # each rank decodes its own share for as long as it needs: a sharded (FSDP2) model would have to
         # run its forwards in lock-step, so it is gathered into a plain copy on every rank first
-        engine = Engine(unsharded_copy(pl_module.model), pl_module.tokenizer, **self.engine_args)
+        engine = ProblemEngine(unsharded_copy(pl_module.model), pl_module.tokenizer, **self.engine_args)
         out_dir = Path(self.trace_dir or Path(trainer.log_dir or trainer.default_root_dir) / "traces")
         for spec in self.pipeline_specs:
             spec = dict(spec)
             label = self._label(spec)
-            pipeline = make_pipeline(spec.pop("name"), **spec)
+            pipeline = make_pipeline(spec.pop("name"), sampling=self.sampling, **spec)
             path = out_dir / f"{label}-step{trainer.global_step}.jsonl"
             extra = {"global_step": trainer.global_step}
-            if world > 1:
-                extra["world_size"] = world  # the shards decide which prompts share a (seeded) batch
+            if world > 1:  # samples depend on problem ids only: any world size resumes the same file
                 s = evaluate_sharded(self._problems, engine, pipeline, rank=rank, world_size=world,
                                      gather=_all_gather_object, broadcast=trainer.strategy.broadcast,
                                      trace_path=path, source=self.source, extra=extra)

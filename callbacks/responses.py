@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from spine.generation import generate
+from spine.engine import Engine
+from spine.params import SamplingParams
 from spine.traces import TraceWriter
 
 
@@ -20,7 +20,7 @@ def normalise_answer(text: str) -> str:
 
 
 class ResponseWriter(L.Callback):
-    """After fit (`when="fit_end"`) or test (`"test_end"`), answer each record of a split greedily and write:
+    """After fit (`when="fit_end"`) or test (`"test_end"`), answer each record of a split (with `sampling`: greedy by default) and write:
 
     (a) `json_path`: the book's format, a JSON list of the records each with "model_response";
     (b) `traces_path`: `spine.traces` JSONL, one record per prompt (prompt, completion, tokens, seconds;
@@ -31,14 +31,15 @@ class ResponseWriter(L.Callback):
     """
 
     def __init__(self, json_path: str | None = None, traces_path: str | None = None, split: str = "test",
-                 when: str = "fit_end", max_new_tokens: int = 256, batch_size: int = 8, limit: int | None = None):
+                 when: str = "fit_end", sampling: SamplingParams = SamplingParams(max_new_tokens=256),
+                 batch_size: int = 8, limit: int | None = None):
         if when not in ("fit_end", "test_end"):
             raise ValueError(f"ResponseWriter: when must be 'fit_end' or 'test_end', got {when!r}")
         if split not in ("train", "val", "test"):
             raise ValueError(f"ResponseWriter: split must be train/val/test, got {split!r}")
         self.json_path, self.traces_path = json_path, traces_path
         self.split, self.when = split, when
-        self.max_new_tokens, self.batch_size, self.limit = max_new_tokens, batch_size, limit
+        self.sampling, self.batch_size, self.limit = sampling, batch_size, limit
         self.responses: list[dict[str, Any]] = []
 
     def _paths(self, trainer: L.Trainer) -> tuple[Path, Path]:
@@ -59,39 +60,30 @@ class ResponseWriter(L.Callback):
             return
         model = pl_module.model
         ctx = model.config.context_length
-        too_long = sum(len(tok.encode(dm.prompt(r))) + self.max_new_tokens > ctx for r in records)
+        too_long = sum(len(tok.encode(dm.prompt(r))) + self.sampling.max_new_tokens > ctx for r in records)
         if too_long:
             rank_zero_warn(f"ResponseWriter: {too_long} of {len(records)} prompts + max_new_tokens="
-                           f"{self.max_new_tokens} exceed the model's context ({ctx}); their prompts keep only "
+                           f"{self.sampling.max_new_tokens} exceed the model's context ({ctx}); their prompts keep only "
                            "their last tokens. Give the model a longer context or lower max_new_tokens.")
-        was_training = model.training
-        model.eval()
-        run_config = {"stage": "instruction-responses", "split": self.split, "max_new_tokens": self.max_new_tokens,
+        run_config = {"stage": "instruction-responses", "split": self.split, "sampling": self.sampling.to_dict(),
                       "template": getattr(dm, "template", None), "init_from": pl_module.hparams.get("init_from"),
                       "global_step": trainer.global_step, "n_records": len(records)}
         if traces_path.exists():
             os.remove(traces_path)  # this run's responses only: never resume into another model's answers
+        prompts = [dm.prompt(r) for r in records]
+        out = Engine(model, tok, batch_size=self.batch_size).generate(prompts, self.sampling, on_overflow="truncate")
         self.responses = []
-        try:
-            with TraceWriter(traces_path, run_config=run_config) as tw:
-                for start in range(0, len(records), self.batch_size):
-                    batch = records[start:start + self.batch_size]
-                    prompts = [dm.prompt(r) for r in batch]
-                    t0 = time.perf_counter()
-                    out = generate(model, [tok.encode(p) for p in prompts], max_new_tokens=self.max_new_tokens,
-                                   temperature=0.0, eos_id=tok.eos_id, pad_id=tok.pad_id, on_overflow="truncate")
-                    seconds = (time.perf_counter() - t0) / len(batch)
-                    for j, (rec, prompt, text) in enumerate(zip(batch, prompts, out.texts(tok))):
-                        answer = text.strip()  # the book strips the response text
-                        self.responses.append({**rec, "model_response": answer})
-                        tw.write(tw.make_record(
-                            problem_id=f"{self.split}-{start + j}", sample_index=0, prompt=prompt, completion=text,
-                            extracted=answer, extraction_method="strip", gold=rec["output"],
-                            correct=normalise_answer(answer) == normalise_answer(rec["output"]), rule="exact_match",
-                            tokens=len(out.tokens[j]), seconds=seconds,
-                            metadata={"finish_reason": out.finish_reasons[j], "index": start + j}))
-        finally:
-            model.train(was_training)
+        with TraceWriter(traces_path, run_config=run_config) as tw:
+            for i, (rec, prompt, row) in enumerate(zip(records, prompts, out)):
+                c = row[0]
+                answer = c.text.strip()  # the book strips the response text
+                self.responses.append({**rec, "model_response": answer})
+                tw.write(tw.make_record(
+                    problem_id=f"{self.split}-{i}", sample_index=0, prompt=prompt, completion=c.text,
+                    extracted=answer, extraction_method="strip", gold=rec["output"],
+                    correct=normalise_answer(answer) == normalise_answer(rec["output"]), rule="exact_match",
+                    tokens=c.generated_tokens, seconds=c.seconds,
+                    metadata={"finish_reason": c.finish_reason, "index": i}))
         json_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = json_path.with_name(json_path.name + ".tmp")
         tmp.write_text(json.dumps(self.responses, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")

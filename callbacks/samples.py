@@ -5,7 +5,8 @@ import lightning.pytorch as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from spine.distributed import unsharded_copy
-from spine.generation import generate
+from spine.engine import Engine
+from spine.params import SamplingParams
 
 from .checkpoint import require_gatherable_weights
 
@@ -14,19 +15,17 @@ class SampleGeneration(L.Callback):
     """Every `every_n_steps` optimizer steps (and at fit end) continue each prompt and log the text.
 
     Samples are printed on rank 0, sent to the logger when it supports text (TensorBoard), and kept
-    in `self.history` as (step, prompt, completion) for tests and notebooks.
+    in `self.history` as (step, prompt, completion) for tests and notebooks. `sampling` is greedy by
+    default; sampled with a seed, each step's samples are drawn with the same noise.
     """
 
-    def __init__(self, prompts: list[str], every_n_steps: int = 500, max_new_tokens: int = 40,
-                 temperature: float = 0.0, top_k: int | None = None, seed: int = 0, at_fit_end: bool = True):
+    def __init__(self, prompts: list[str], every_n_steps: int = 500,
+                 sampling: SamplingParams = SamplingParams(max_new_tokens=40, seed=0), at_fit_end: bool = True):
         if not prompts:
             raise ValueError("SampleGeneration: give at least one prompt")
         self.prompts = list(prompts)
         self.every_n_steps = every_n_steps
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_k = top_k
-        self.seed = seed
+        self.sampling = sampling
         self.at_fit_end = at_fit_end
         self.history: list[tuple[int, str, str]] = []
         self._last_step = -1
@@ -36,16 +35,14 @@ class SampleGeneration(L.Callback):
         if tok is None or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        ids = [tok.encode(p) for p in self.prompts]
         # a sharded (FSDP2) model is gathered into a plain copy first: generation stops at EOS, so ranks
         # could run different numbers of forwards, which a sharded forward would turn into a deadlock
-        out = generate(unsharded_copy(pl_module.model), ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                       top_k=self.top_k, seed=self.seed, eos_id=tok.eos_id, pad_id=tok.pad_id, on_overflow="truncate")
-        texts = out.texts(tok)
+        out = Engine(unsharded_copy(pl_module.model), tok).generate(self.prompts, self.sampling, on_overflow="truncate")
         lines = []
-        for prompt, text in zip(self.prompts, texts):
-            self.history.append((trainer.global_step, prompt, text))
-            lines.append(f"{prompt!r} -> {text!r}")
+        for prompt, row in zip(self.prompts, out):
+            for c in row:
+                self.history.append((trainer.global_step, prompt, c.text))
+                lines.append(f"{prompt!r} -> {c.text!r}")
         if trainer.is_global_zero:
             rank_zero_info(f"[samples @ step {trainer.global_step}]\n  " + "\n  ".join(lines))
             exp = getattr(trainer.logger, "experiment", None)

@@ -14,8 +14,8 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 
-from spine.checkpoint import load_checkpoint
 from spine.config import ModelConfig
+from spine.engine import load_model
 from spine.distributed import MODEL_CONFIG_KEY, TOKENIZER_FILES_KEY, shard_fsdp2, tokenizer_files
 from spine.model import GPT
 from spine.training import TokenNormalizer, param_groups, warmup_cosine
@@ -37,13 +37,7 @@ def build_model(
     """
     tokenizer = None
     if init_from:
-        if init_from.startswith("hf:"):
-            from spine.hf import import_hf, import_hf_tokenizer
-
-            path = init_from[3:]
-            net, tokenizer = import_hf(path), import_hf_tokenizer(path)
-        else:
-            net, tokenizer = load_checkpoint(init_from)
+        net, tokenizer = load_model(init_from)
         net.train()  # loaders return eval mode; a training stage must see dropout as configured
         cfg = net.config
         if vocab_size is not None and vocab_size > cfg.vocab_size:

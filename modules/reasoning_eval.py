@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from spine.reasoning.evaluate import checkpoint_identity, result_records, run_config, source_identity
-from spine.reasoning.pipelines import Engine, make_pipeline
+from spine.params import SamplingParams
+from spine.reasoning.evaluate import EvalWriter, checkpoint_identity, run_config, source_identity, summarize_traces
+from spine.reasoning.pipelines import ProblemEngine, make_pipeline
 from spine.reasoning.problems import Problem
 from spine.reasoning.prompts import render_prompt
-from spine.traces import TraceWriter, final_records, format_summary, read_traces, summarize
+from spine.traces import format_summary, read_traces
 
 from .base import SpineModule
 
@@ -28,16 +29,15 @@ class ReasoningEvalModule(SpineModule):
 
     def __init__(self, *args: Any, pipeline: str = "greedy", pipeline_args: dict[str, Any] | None = None,
                  template: str = "math", chat: bool = False, enable_thinking: bool = False,
-                 max_new_tokens: int = 256, gen_batch_size: int = 32, stop_strings: list[str] | None = None,
+                 sampling: SamplingParams = SamplingParams(max_new_tokens=256), gen_batch_size: int = 32,
                  trace_path: str | None = None, tokenizer: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not self.hparams.init_from:
             # an untrained preset would "evaluate" to ~0% without complaint: require real weights
             raise ValueError("ReasoningEvalModule needs init_from: a spine checkpoint directory or hf:PATH")
-        self.pipeline = make_pipeline(pipeline, **(pipeline_args or {}))
+        self.pipeline = make_pipeline(pipeline, sampling=sampling, **(pipeline_args or {}))
         self.engine_args = dict(template=template, chat=chat, enable_thinking=enable_thinking,
-                                max_new_tokens=max_new_tokens, batch_size=gen_batch_size,
-                                stop_strings=stop_strings or [])
+                                batch_size=gen_batch_size)
         render_prompt("x", template)  # an unknown template fails at construction, listing the known ones
         if tokenizer is not None:
             from spine.tokenizer import check_vocab_fits, get_tokenizer
@@ -45,7 +45,7 @@ class ReasoningEvalModule(SpineModule):
             self.tokenizer = get_tokenizer(tokenizer)
             check_vocab_fits(self.tokenizer, self.model.config.vocab_size, where=f"tokenizer={tokenizer}")
         self.trace_path = trace_path
-        self._writer: TraceWriter | None = None
+        self._writer: EvalWriter | None = None
         self._recorded: dict[str, bool] = {}  # problem id -> verdict, for problems resumed from the trace file
         self._seen: set[str] = set()
         self._counts = [0, 0]  # correct, total: plain ints, summed across ranks once at the end
@@ -63,7 +63,7 @@ class ReasoningEvalModule(SpineModule):
         if self.tokenizer is None:
             raise ValueError(f"checkpoint {init} has no tokenizer; pass model.init_args.tokenizer (e.g. gpt2 or a "
                              "directory) or save the checkpoint with its tokenizer")
-        self.engine = Engine(self.model, self.tokenizer, **self.engine_args)
+        self.engine = ProblemEngine(self.model, self.tokenizer, **self.engine_args)
         self.ckpt_sha = checkpoint_identity(init) if init else None
         self._counts = [0, 0]
         self._recorded = {}
@@ -74,10 +74,9 @@ class ReasoningEvalModule(SpineModule):
             # after the precision plugin's conversion (e.g. bf16-true): bf16 and fp32 answers differ
             extra["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             cfg = run_config(self.engine, self.pipeline, source=source, checkpoint_sha256=self.ckpt_sha, extra=extra)
-            self._writer = TraceWriter(path, run_config=cfg)
+            self._writer = EvalWriter(path, cfg, checkpoint_sha256=self.ckpt_sha)
             if self._writer.resumed:
-                _, records = read_traces(path)
-                self._recorded = {pid: bool(r.correct) for pid, r in final_records(records).items()}
+                self._recorded = self._writer.recorded_verdicts()
 
     def _step(self, problems: list[Problem]) -> None:
         done = self._writer.done_ids() if self._writer is not None else set()
@@ -91,10 +90,10 @@ class ReasoningEvalModule(SpineModule):
                 todo.append(p)
         if not todo:
             return
-        for r in self.pipeline.run(self.engine, todo):
-            if self._writer is not None:
-                for rec in result_records(self._writer, r, self.pipeline, self.ckpt_sha):
-                    self._writer.write(rec)
+        results = self.pipeline.run(self.engine, todo)
+        if self._writer is not None:
+            self._writer.write_results(results, self.pipeline)
+        for r in results:
             self._counts[0] += bool(r.correct)
             self._counts[1] += 1
 
@@ -117,10 +116,10 @@ class ReasoningEvalModule(SpineModule):
                 paths = [path] if world == 1 else [path.with_name(f"{Path(self.trace_path).stem}.rank{r}{path.suffix}")
                                                    for r in range(world)]
                 records = [rec for p in paths if p.exists() for rec in read_traces(p)[1]]
-                if world == 1:  # the table covers this run's problems (a file may hold more from a longer run)
-                    records = [rec for rec in records if rec.problem_id in self._seen]
-                if records:
-                    rank_zero_info(f"\n{format_summary(summarize(records))}\ntraces: "
+                # the table covers this run's problems (a file may hold more from a longer run)
+                summary = summarize_traces(records, self._seen if world == 1 else None)
+                if summary.n:
+                    rank_zero_info(f"\n{format_summary(summary)}\ntraces: "
                                    f"{', '.join(str(p) for p in paths)}")
         # the values are already global (equal on every rank): sync_dist's mean leaves them unchanged and
         # silences Lightning's warning for epoch-level logging under a distributed strategy

@@ -10,12 +10,15 @@ return exit code 2; set SPINE_DEBUG=1 to see the traceback instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Callable, Literal, Optional
+
+from .params import SamplingParams
 
 EXIT_USAGE = 2
 DType = Optional[Literal["float32", "bfloat16", "float16"]]
@@ -55,14 +58,6 @@ def _device(device: str) -> str:
     return device
 
 
-def _check_sampling(top_k: Optional[int], top_p: Optional[float]) -> None:
-    """--top_k 0 used to mean "no filter" without a word; refuse values that filter nothing or everything."""
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"--top_k must be >= 1 (leave it out for no top-k filter), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"--top_p must be in (0, 1], got {top_p}")
-
-
 def _check_target(dst: str, overwrite: bool) -> Path:
     p = Path(dst).expanduser()
     if p.exists() and (not p.is_dir() or any(p.iterdir())) and not overwrite:
@@ -75,60 +70,47 @@ def _check_target(dst: str, overwrite: bool) -> Path:
 def generate(
     checkpoint: str,
     prompt: list[str],
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    seed: Optional[int] = None,
+    sampling: SamplingParams = SamplingParams(),
+    batch_size: int = 16,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: DType = None,
     tokenizer: Optional[str] = None,
     on_overflow: Literal["error", "truncate"] = "error",
     output: Literal["text", "jsonl"] = "text",
 ) -> int:
-    """Generate a completion for each prompt from a spine checkpoint.
+    """Generate completions for each prompt from a spine checkpoint (or hf:PATH).
 
     Args:
-        checkpoint: spine checkpoint directory (see `spine import-hf` or training runs).
+        checkpoint: spine checkpoint directory (see `spine import-hf` or training runs), or hf:PATH.
         prompt: prompt text; repeat --prompt for several prompts (decoded as one batch).
-        max_new_tokens: tokens to generate per prompt.
-        temperature: 0 for greedy decoding, > 0 to sample.
-        top_k: sample only among the k most likely tokens.
-        top_p: sample only from the smallest set of tokens whose probability reaches p.
-        seed: makes sampling reproducible.
+        sampling: how to sample (--sampling.max_new_tokens 40, --sampling.temperature 0.7,
+            --sampling.top_k, --sampling.top_p, --sampling.seed, --sampling.n, --sampling.stop); greedy by default.
+        batch_size: rows (samples) decoded together.
         device: auto (CUDA when available), cpu or cuda.
         dtype: cast the weights (default: as stored).
         tokenizer: tokenizer name or directory, for checkpoints saved without one.
         on_overflow: 'error' if a prompt plus max_new_tokens exceeds the context, 'truncate' keeps its last tokens.
-        output: 'text' prints each completion; 'jsonl' prints one JSON object per prompt.
+        output: 'text' prints each completion; 'jsonl' prints one JSON object per completion.
     """
-    from .checkpoint import load_checkpoint
-    from .generation import generate as run_generate
-    from .hf import parse_dtype
-    from .tokenizer import check_vocab_fits, get_tokenizer
+    from .engine import Engine
 
-    _check_sampling(top_k, top_p)
-    model, tok = load_checkpoint(checkpoint, map_location=_device(device), dtype=parse_dtype(dtype))
-    if tokenizer is not None:
-        tok = get_tokenizer(tokenizer)
-        check_vocab_fits(tok, model.config.vocab_size, where=f"--tokenizer {tokenizer}")
-    if tok is None:
-        raise ValueError(f"{checkpoint} holds no tokenizer; pass --tokenizer (e.g. gpt2 or a directory)")
-    ids = [tok.encode(p) for p in prompt]
-    for i, p in enumerate(ids):
+    model, tok = _load(checkpoint, device, dtype, tokenizer)
+    for i, p in enumerate(prompt):
         if not p:
             raise ValueError(f"prompt {i} is empty; give some text")
-    out = run_generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed, eos_id=tok.eos_id, pad_id=tok.pad_id, on_overflow=on_overflow)
-    texts = out.texts(tok)
-    for i, text in enumerate(texts):
-        if output == "jsonl":
-            print(json.dumps({"prompt": prompt[i], "completion": text, "tokens": out.tokens[i],
-                              "finish_reason": out.finish_reasons[i]}, ensure_ascii=False))
-        else:
-            if len(texts) > 1:
-                print(f"--- [{i}] {out.finish_reasons[i]}")
-            print(text)
+    out = Engine(model, tok, batch_size=batch_size).generate(prompt, sampling, on_overflow=on_overflow)
+    many = len(prompt) > 1 or sampling.n > 1
+    for i, row in enumerate(out):
+        for c in row:
+            if output == "jsonl":
+                print(json.dumps({"prompt": prompt[i], "index": c.index, "completion": c.text,
+                                  "tokens": c.token_ids, "finish_reason": c.finish_reason,
+                                  "prompt_tokens": c.prompt_tokens, "generated_tokens": c.generated_tokens},
+                                 ensure_ascii=False))
+            else:
+                if many:
+                    print(f"--- [{i}{f'.{c.index}' if sampling.n > 1 else ''}] {c.finish_reason}")
+                print(c.text)
     return 0
 
 
@@ -195,28 +177,13 @@ def consolidate(src: str, dst: str, dtype: DType = None, overwrite: bool = False
     return 0
 
 
-def _load_for_eval(checkpoint: str, device: str, dtype: DType, tokenizer: Optional[str]):
-    """(model, tokenizer) from a spine checkpoint directory or `hf:PATH`, on `device`."""
+def _load(checkpoint: str, device: str, dtype: DType, tokenizer: Optional[str]):
+    """(model, tokenizer) through the one loader, `spine.engine.load_model`."""
+    from .engine import load_model
     from .hf import parse_dtype
-    from .tokenizer import check_vocab_fits, get_tokenizer
 
-    dev, dt = _device(device), parse_dtype(dtype)
-    if checkpoint.startswith("hf:"):
-        from .hf import import_hf as _import, import_hf_tokenizer
-
-        model = _import(checkpoint[3:], dtype=dt).to(dev)
-        tok = import_hf_tokenizer(checkpoint[3:])
-    else:
-        from .checkpoint import load_checkpoint
-
-        model, tok = load_checkpoint(checkpoint, map_location=dev, dtype=dt)
-    if tokenizer is not None:
-        tok = get_tokenizer(tokenizer)
-        check_vocab_fits(tok, model.config.vocab_size, where=f"--tokenizer {tokenizer}")
-    if tok is None:
-        raise ValueError(f"checkpoint {checkpoint} has no tokenizer; pass --tokenizer NAME_OR_DIR (e.g. gpt2, "
-                         "byte) or save the checkpoint with its tokenizer")
-    return model.eval(), tok
+    return load_model(checkpoint, device=_device(device), dtype=parse_dtype(dtype), tokenizer=tokenizer,
+                      require_tokenizer=True)
 
 
 def _slug(text: str) -> str:
@@ -224,7 +191,7 @@ def _slug(text: str) -> str:
     return "-".join(filter(None, keep.split("-")))[:40] or "run"
 
 
-@command("eval", repeatable=("stop_strings",))
+@command("eval")
 def eval_(
     checkpoint: str,
     problems: str,
@@ -236,15 +203,9 @@ def eval_(
     template: str = "math",
     chat: bool = False,
     enable_thinking: bool = False,
-    pipeline: Literal["greedy", "sc"] = "greedy",
-    n: int = 8,
-    temperature: Optional[float] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    seed: int = 0,
-    max_new_tokens: int = 256,
+    pipeline: str = "greedy",
+    sampling: SamplingParams = SamplingParams(max_new_tokens=256),
     batch_size: int = 16,
-    stop_strings: Optional[list[str]] = None,
     traces: Optional[str] = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: DType = None,
@@ -264,25 +225,23 @@ def eval_(
         template: prompt template (math, math_cot, plain, synthetic).
         chat: wrap the prompt in the tokenizer's chat template (Qwen3).
         enable_thinking: let a chat model think (<think>...</think>) before answering.
-        pipeline: greedy (one sample per problem) or sc (self-consistency: N samples, majority vote).
-        n: samples per problem for sc.
-        temperature: sampling temperature (default 0 for greedy, 0.8 for sc).
-        top_k: sample only among the k most likely tokens.
-        top_p: sample only from the smallest set of tokens whose probability reaches p.
-        seed: seed of the sampling noise.
-        max_new_tokens: tokens generated per sample.
-        batch_size: prompts (samples) decoded together.
-        stop_strings: cut each completion at the first of these (repeat the flag for several; text is
-            literal, so give a newline as $'\\n...' in bash or in a --config YAML file); default
-            "\\nQuestion:" for the synthetic template, none otherwise.
+        pipeline: greedy (one sample per problem) or sc (self-consistency: n samples, majority vote), or any
+            registered pipeline.
+        sampling: how to sample (--sampling.max_new_tokens, --sampling.temperature, --sampling.n,
+            --sampling.top_k, --sampling.top_p, --sampling.seed, --sampling.stop; or `sampling:` in a --config
+            YAML). sc samples at temperature 0.8 with n=8 unless told otherwise; the synthetic template
+            stops at "\\nQuestion:" unless stop strings are given. Samples depend on (seed, problem id,
+            sample index), so a resumed or re-chunked run reproduces them.
+        batch_size: rows (samples) decoded together; changes speed only.
         traces: trace JSONL file; a rerun with the same settings resumes it, other settings are refused
             (default: runs/eval/<checkpoint>-<pipeline>-<config hash>.jsonl).
         device: auto (CUDA when available), cpu or cuda.
         dtype: cast the weights (default: as stored).
         tokenizer: tokenizer name or directory, for checkpoints saved without one.
     """
+    from .engine import hf_path
     from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
-    from .reasoning.pipelines import Engine, make_pipeline
+    from .reasoning.pipelines import ProblemEngine, make_pipeline
     from .reasoning.problems import load_problems, validate_problems
     from .reasoning.prompts import render_prompt
     from .traces import config_hash, format_summary
@@ -291,9 +250,10 @@ def eval_(
     render_prompt("x", template)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
-    _check_sampling(top_k, top_p)
+    if template == "synthetic" and not sampling.stop:
+        sampling = dataclasses.replace(sampling, stop=("\nQuestion:",))
+    pipe = make_pipeline(pipeline, sampling=sampling)
+    params = pipe.sampling
     fields = {k: v for k, v in (("prompt_field", prompt_field), ("answer_field", answer_field),
                                 ("id_field", id_field)) if v is not None}
     try:
@@ -306,34 +266,26 @@ def eval_(
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer
 
-    model, tok = _load_for_eval(checkpoint, device, dtype, tokenizer)
+    model, tok = _load(checkpoint, device, dtype, tokenizer)
     extra["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # bf16 and fp32 answers differ
-    if stop_strings is None:
-        stop_strings = ["\nQuestion:"] if template == "synthetic" else []
-    engine = Engine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
-                    max_new_tokens=max_new_tokens, batch_size=batch_size, stop_strings=stop_strings)
-    validate_problems(probs, where=problems, engine=engine, context_length=model.config.context_length)
-    kwargs: dict = {"top_k": top_k, "top_p": top_p, "seed": seed}
-    if temperature is not None:
-        kwargs["temperature"] = temperature
-    if pipeline == "sc":
-        kwargs["n"] = n
-    pipe = make_pipeline(pipeline, **kwargs)
+    engine = ProblemEngine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
+                           batch_size=batch_size)
+    validate_problems(probs, where=problems, engine=engine, context_length=model.config.context_length,
+                      max_new_tokens=params.max_new_tokens)
     sha = checkpoint_identity(checkpoint)
+    label = f"{pipeline}{params.n}" if params.n > 1 else pipeline
     if traces is None:
         cfg = run_config(engine, pipe, source=source, checkpoint_sha256=sha, extra=extra)
-        label = f"sc{n}" if pipeline == "sc" else pipeline
-        name = Path(checkpoint[3:] if checkpoint.startswith("hf:") else checkpoint).expanduser().resolve().name
+        name = Path(hf_path(checkpoint) or checkpoint).expanduser().resolve().name
         traces = str(Path("runs") / "eval" / f"{_slug(name)}-{label}-{config_hash(cfg)[:8]}.jsonl")
 
     def progress(done: int, total: int) -> None:
         print(f"[spine eval] {done}/{total} problems", file=sys.stderr, flush=True)
 
     report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
-                      chunk_size=max(1, batch_size * 4 // (n if pipeline == "sc" else 1)), progress=progress)
-    label = f"self-consistency n={n}" if pipeline == "sc" else pipeline
+                      chunk_size=max(1, batch_size * 4 // params.n), progress=progress)
     resumed = f", {report.skipped} resumed from the trace file" if report.skipped else ""
-    print(f"{checkpoint} | {problems} | {label}, temperature {pipe.temperature} | {len(probs)} problems{resumed}")
+    print(f"{checkpoint} | {problems} | {label}, temperature {params.temperature} | {len(probs)} problems{resumed}")
     print(format_summary(report.summary))
     print(f"traces: {report.trace_path}")
     return 0
@@ -354,6 +306,9 @@ def report(traces: list[str], png: Optional[str] = None,
 
     _report(traces, png, equivalent=answers_equivalent, group_by=group_by, print_it=True)
     return 0
+
+
+from .serve import commands as _serve_commands  # noqa: E402,F401  (registers serve, chat, judge)
 
 
 # ---------------------------------------------------------------------------- parser / main
@@ -415,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spine: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     name = cfg.subcommand
+    try:  # nested dataclasses (SamplingParams) from their namespaces; their checks raise ValueError
+        cfg = parser.instantiate(cfg)
+    except (ValueError, TypeError) as e:
+        print(f"spine {name}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     kwargs = {k: v for k, v in vars(cfg[name]).items() if k != "config"}
     try:
         return int(COMMANDS[name](**kwargs) or 0)

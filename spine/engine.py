@@ -11,70 +11,18 @@ batching, chunking or world size, so a resumed or re-chunked sampled run reprodu
 """
 from __future__ import annotations
 
-import hashlib
-import math
+import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch
 
-from .generation import generate as _generate
+from .generation import fit_context, generate as _generate
+from .generation import sample_seed, sequence_logprobs  # noqa: F401 (part of this API)
+from .params import SamplingParams
 
 Prompt = str | Sequence[int]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample: one object from YAML/CLI down to the sampler.
-
-    temperature 0 is greedy. `top_p=1.0` is normalised to None (one setting, one distribution).
-    `stop` strings cut the text at their first occurrence (decoding of the row ends there);
-    `stop_token_ids` are added to the tokenizer's own stop ids. `n` samples per prompt share one prefill.
-    """
-
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    n: int = 1
-
-    def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"SamplingParams: temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
-                                       or self.top_k < 1):
-            raise ValueError(f"SamplingParams: top_k must be an integer >= 1 or None, got {self.top_k!r}")
-        if self.top_p is not None:
-            if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-                raise ValueError(f"SamplingParams: top_p must be in (0, 1] or None, got {self.top_p!r}")
-            if self.top_p == 1.0:
-                object.__setattr__(self, "top_p", None)
-        for name in ("max_new_tokens", "n"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SamplingParams: {name} must be an integer >= 1, got {v!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"SamplingParams: seed must be an integer or None, got {self.seed!r}")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"SamplingParams: stop must be non-empty strings, got {self.stop!r}")
-        object.__setattr__(self, "stop_token_ids", tuple(int(i) for i in self.stop_token_ids))
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stop"], d["stop_token_ids"] = list(self.stop), list(self.stop_token_ids)
-        return d
 
 
 @dataclass
@@ -106,16 +54,11 @@ class Completion:
         return self.sum_logprob / max(1, len(self.logprobs))
 
 
-def sample_seed(seed: int, key: str | int, index: int) -> int:
-    """The 63-bit seed of sample `index` of prompt `key`: a pure function of the three."""
-    h = hashlib.sha256(f"{seed}\x1f{key}\x1f{index}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
 def stop_token_ids(tokenizer: Any) -> set[int]:
     """Every id that ends a turn or a document for this tokenizer (eos, and for Qwen3 both
     `<|im_end|>` and `<|endoftext|>`, so base and chat models stop)."""
     ids = {int(tokenizer.eos_id)}
+    ids.update(int(i) for i in (getattr(tokenizer, "stop_ids", None) or ()))
     for attr in ("im_end_id", "endoftext_id"):
         v = getattr(tokenizer, attr, None)
         if v is not None:
@@ -132,21 +75,24 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
 
 
 class Engine:
-    """Model + tokenizer -> completions for batches of prompts.
+    """Model + tokenizer -> completions for batches of prompts: the one decode loop's front door.
 
     `batch_size` bounds the rows decoded together (samples, not prompts). The engine never changes
-    what a sample is: batch size and chunking change speed only.
+    what a sample is: batch size, chunking and prompt order change speed only. `compile=True`
+    decodes with a compiled one-token step (a CUDA graph on GPU) and keeps cache buffers per shape.
+    `sync_every`: decode steps between host checks (stop strings, finished rows, compaction).
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 16, compile: bool = False):
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, compile: bool = False, sync_every: int = 8):
         if tokenizer is None:
             raise ValueError("Engine needs a tokenizer: the checkpoint has none (save it with its tokenizer, "
                              "or pass one explicitly)")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Engine: batch_size must be an integer >= 1, got {batch_size!r}")
+        for name, v in (("batch_size", batch_size), ("sync_every", sync_every)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Engine: {name} must be an integer >= 1, got {v!r}")
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size = batch_size
-        self.compile = compile
+        self.batch_size, self.compile, self.sync_every = batch_size, compile, sync_every
+        self._cache_pool: dict | None = {} if compile else None
 
     @property
     def context_length(self) -> int:
@@ -165,72 +111,128 @@ class Engine:
 
         keys: one stable id per prompt (e.g. a problem id); sample j of prompt i draws its noise from
         `sample_seed(params.seed, keys[i], j)`. Default keys are the prompt's position, so pass keys
-        whenever the same prompt may arrive in another chunk or order.
+        whenever the same prompt may arrive in another chunk or order. `seed=None` draws a base seed
+        from torch's global RNG (so unseeded calls differ, and `torch.manual_seed` reproduces them).
+        The n samples of a prompt share one prefill; greedy decoding runs one row and copies it n times.
         """
         if isinstance(prompts, str):
             raise TypeError("Engine.generate takes a list of prompts; wrap a single prompt as [prompt]")
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"Engine.generate: params must be a SamplingParams, got {type(params).__name__}")
         if keys is not None and len(keys) != len(prompts):
             raise ValueError(f"Engine.generate: {len(keys)} keys for {len(prompts)} prompts")
+        if not prompts:
+            return []
         keys = list(range(len(prompts))) if keys is None else list(keys)
         ids = [self.encode(p, allowed_special=allowed_special) for p in prompts]
+        for i, p in enumerate(ids):
+            if not p:
+                raise ValueError(f"Engine.generate: prompt {i} is empty; give some text or token ids")
+        ids = fit_context(ids, params.max_new_tokens, self.context_length, on_overflow)
+        base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        rows_per_prompt = 1 if params.greedy else params.n
+        # longest prompts first: batches of similar length waste less padding
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out: list[list[Completion | None]] = [[None] * params.n for _ in ids]
+        for chunk in self._plan(order, rows_per_prompt):
+            for (i, js), comps in zip(chunk, self._run(ids, keys, chunk, params, base)):
+                for j, c in zip(js, comps):
+                    out[i][j] = c
+        if params.greedy and params.n > 1:  # every sample of a greedy prompt is the same completion
+            for row in out:
+                row[1:] = [dataclasses.replace(row[0], index=j) for j in range(1, params.n)]
+        return out  # type: ignore[return-value]
+
+    def _plan(self, order: list[int], rows_per_prompt: int) -> list[list[tuple[int, list[int]]]]:
+        """Chunks of at most `batch_size` rows: (prompt index, its sample indices in this chunk)."""
+        chunks, cur, used = [], [], 0
+        for i in order:
+            js = list(range(rows_per_prompt))
+            while js:
+                take = min(len(js), self.batch_size - used)
+                cur.append((i, js[:take]))
+                js, used = js[take:], used + take
+                if used == self.batch_size:
+                    chunks.append(cur)
+                    cur, used = [], 0
+        if cur:
+            chunks.append(cur)
+        return chunks
+
+    def _run(self, ids, keys, chunk, params: SamplingParams, base: int) -> list[list[Completion]]:
         tok = self.tokenizer
-        stops = sorted(stop_token_ids(tok) | set(params.stop_token_ids))
-        seed = 0 if params.seed is None else params.seed
-        rows = [(i, j) for i in range(len(ids)) for j in range(params.n)]
-        out: list[list[Completion]] = [[] for _ in ids]
-        # reference implementation: one row per call so each row has its own noise stream
-        for i, j in rows:
-            t0 = time.perf_counter()
-            stop_when = None
-            if params.stop:
-                stop_when = lambda toks: _cut_at_stop(tok.decode(toks), params.stop)[1] is not None  # noqa: E731
-            res = _generate(self.model, [ids[i]], max_new_tokens=params.max_new_tokens,
-                            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                            seed=None if params.greedy else sample_seed(seed, keys[i], j), stop_tokens=stops,
-                            pad_id=tok.pad_id, on_overflow=on_overflow, stop_when=stop_when)
-            toks, lps, reason = res.tokens[0], res.logprobs[0], res.finish_reasons[0]
-            body = toks[:-1] if reason == "stop" and toks and toks[-1] in stops else toks
-            text, hit = _cut_at_stop(tok.decode(body), params.stop)
-            stop_reason: str | int | None = hit
-            if hit is None and reason == "stop":
-                stop_reason = toks[-1]
-            out[i].append(Completion(text, toks, lps, "stop" if (reason == "stop" or hit) else "length",
-                                     len(res.prompt_tokens[0]), len(toks), j, time.perf_counter() - t0,
-                                     stop_reason))
-        return out
+        stops = stop_token_ids(tok) | set(params.stop_token_ids)
+        stop_when = None
+        if params.stop:
+            # a stop string ending in the newest `sync_every` tokens lies within this many tokens of the end
+            # (a byte-level token is at least one byte; a character at most four)
+            window = self.sync_every + 4 * max(len(s) for s in params.stop)
+            stop_when = lambda toks: _cut_at_stop(tok.decode(toks[-window:]), params.stop)[1] is not None  # noqa: E731
+        t0 = time.perf_counter()
+        res = _generate(self.model, [ids[i] for i, _ in chunk], repeats=[len(js) for _, js in chunk],
+                        row_seeds=[sample_seed(base, keys[i], j) for i, js in chunk for j in js],
+                        max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_k=params.top_k,
+                        top_p=params.top_p, stop_tokens=sorted(stops), pad_id=tok.pad_id,
+                        compile_decode=self.compile, sync_every=self.sync_every, stop_when=stop_when,
+                        cache_pool=self._cache_pool)
+        seconds = (time.perf_counter() - t0) / len(res.tokens)
+        comps, r = [], 0
+        for i, js in chunk:
+            mine = []
+            for j in js:
+                mine.append(self._completion(res.tokens[r], res.logprobs[r], res.finish_reasons[r],
+                                             len(res.prompt_tokens[r]), j, seconds, stops, params.stop))
+                r += 1
+            comps.append(mine)
+        return comps
+
+    def _completion(self, toks: list[int], lps: list[float], reason: str, n_prompt: int, index: int,
+                    seconds: float, stops: set[int], stop_strings: Sequence[str]) -> Completion:
+        decode = self.tokenizer.decode
+        paid = len(toks)
+        stop_reason: str | int | None = None
+        body = toks
+        if reason == "stop" and toks and toks[-1] in stops:
+            body, stop_reason = toks[:-1], toks[-1]
+        text, hit = _cut_at_stop(decode(body), stop_strings)
+        if hit is not None:
+            # the ids end with the token that completed the stop string, as a stop token ends its row
+            lo, hi = 1, len(body)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _cut_at_stop(decode(body[:mid]), stop_strings)[1] is not None:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            toks, lps, stop_reason, reason = body[:lo], lps[:lo], hit, "stop"
+        return Completion(text, list(toks), list(lps[:len(toks)]), "stop" if reason == "stop" else "length",
+                          n_prompt, paid, index, seconds, stop_reason)
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Differentiable log p(input_ids[:, t+1] | input_ids[:, :t+1]) under `model`: shape (B, T-1), float32.
-
-    `mask` (B, T), true where a token is to be scored (e.g. completion tokens); positions whose target
-    is masked out are 0. Sequences are right-padded (causal attention: no real token sees a pad).
-    Rows past `vocab_size` (a padded vocabulary) are excluded from the normaliser, as in generation.
-    """
-    logits = model(input_ids[:, :-1])
-    V = model.config.vocab_size
-    lp = torch.log_softmax(logits[..., :V].float(), dim=-1)
-    out = lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    if mask is not None:
-        out = out * mask[:, 1:].to(out.dtype)
-    return out
+def hf_path(spec: str) -> str | None:
+    """The Hugging Face checkpoint (directory or hub name) of an `hf:PATH_OR_NAME` model spec, else None.
+    The one place the `hf:` prefix is parsed."""
+    return spec[3:] if spec.startswith("hf:") else None
 
 
 def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               tokenizer: str | None = None):
+               tokenizer: str | None = None, require_tokenizer: bool = False):
     """(model, tokenizer) from a spine checkpoint directory or `hf:PATH_OR_NAME`, in eval mode on `device`.
 
-    A Lightning `.ckpt` is refused with a pointer to `spine consolidate`.
+    `tokenizer` (a name or directory) replaces the checkpoint's own, checked against the model's vocab.
+    `require_tokenizer`: raise a ValueError naming the fix when there is none. A Lightning `.ckpt` is
+    refused with a pointer to `spine consolidate`.
     """
     from pathlib import Path
 
     from .tokenizer import check_vocab_fits, get_tokenizer
 
-    if spec.startswith("hf:"):
+    hf = hf_path(spec)
+    if hf is not None:
         from .hf import import_hf, import_hf_tokenizer
 
-        model = import_hf(spec[3:], dtype=dtype).to(device)
-        tok = import_hf_tokenizer(spec[3:])
+        model = import_hf(hf, dtype=dtype).to(device)
+        tok = import_hf_tokenizer(hf)
     else:
         if spec.endswith(".ckpt") and Path(spec).is_file():
             raise ValueError(f"{spec} is a Lightning training checkpoint, not a spine checkpoint directory; "
@@ -241,4 +243,7 @@ def load_model(spec: str, *, device: str | torch.device = "cpu", dtype: torch.dt
     if tokenizer is not None:
         tok = get_tokenizer(tokenizer)
         check_vocab_fits(tok, model.config.vocab_size, where=f"tokenizer {tokenizer}")
+    if tok is None and require_tokenizer:
+        raise ValueError(f"checkpoint {spec} has no tokenizer; pass --tokenizer NAME_OR_DIR (e.g. gpt2, byte) "
+                         "or save the checkpoint with its tokenizer")
     return model.eval(), tok

@@ -1,9 +1,16 @@
-"""Decoding and scoring on a `GPT`: the primitives that sampling, best-of-N, GRPO and distillation reuse.
+"""The decode loop and scoring on a `GPT`: the low-level primitives under `spine.engine.Engine`.
 
-`generate` takes token-id prompts of different lengths, left-pads them into one batch, prefills a
-static KV cache and decodes one column at a time. Per-token log-probabilities are those of the
-*model's* distribution (log-softmax of raw logits, before temperature/top-k/top-p), so they equal a
-full forward pass over the finished sequence and can be used directly as policy log-probs.
+Use `spine.engine.Engine` (text or ids + `SamplingParams` -> completions); `generate` here is the one
+decode loop it drives and nothing else in spine calls it. It takes token-id prompts of different
+lengths, left-pads them into one batch, prefills a KV cache once per distinct prompt, copies the
+cache rows for the `repeats` samples of each prompt, and decodes one column at a time. Rows that
+finished are gathered out of the batch (`compact`) at the periodic host checks.
+
+Sampling noise is counter-based: the uniform for vocabulary column `c` at generated position `t` of a
+row is a pure integer hash of (row seed, t, c) (`uniform_noise`), so a row draws the same tokens
+whatever batch, chunk or position it is decoded in, and the whole decode step, sampling included,
+stays one static-shape graph. Per-token log-probabilities are those of the *model's* distribution
+(log-softmax of raw logits, before temperature/top-k/top-p), so they equal `sequence_logprobs`.
 
 Context policy: when prompt + max_new_tokens exceeds the model's context, `on_overflow="error"`
 (default) raises and says by how much; `"truncate"` keeps the *last* tokens of each prompt so that
@@ -11,8 +18,10 @@ prompt + max_new_tokens fits (the start of a long prompt is dropped, as chat UIs
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +33,11 @@ Prompts = Sequence[Sequence[int]] | torch.Tensor
 
 @dataclass
 class GenerationOutput:
-    """Result of `generate`, one entry per prompt row, in input order.
+    """Result of `generate`, one entry per output row (prompt i's `repeats[i]` rows in a row), in order.
 
     tokens: generated ids (the stop token, when one ended the row, is included as the last id).
     logprobs: model log-prob of each generated id.
-    finish_reasons: "stop" (a stop/eos token was generated) or "length" (max_new_tokens reached).
+    finish_reasons: "stop" (a stop token, or `stop_when`) or "length" (max_new_tokens reached).
     """
 
     tokens: list[list[int]]
@@ -51,6 +60,173 @@ class GenerationOutput:
         return sum(len(t) for t in self.tokens)
 
 
+# ---------------------------------------------------------------------------- counter-based noise
+def sample_seed(seed: int, key: str | int, index: int) -> int:
+    """The 63-bit seed of sample `index` of prompt `key`: a pure function of the three."""
+    h = hashlib.sha256(f"{seed}\x1f{key}\x1f{index}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _i64(x: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN, _MIX1, _MIX2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+
+
+def _srl(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (`>>` is arithmetic: mask off the copied sign bits)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output function (Steele et al. 2014) on int64 tensors; multiplication wraps mod 2^64."""
+    z = (z ^ _srl(z, 30)) * _MIX1
+    z = (z ^ _srl(z, 27)) * _MIX2
+    return z ^ _srl(z, 31)
+
+
+def uniform_noise(row_seeds: torch.Tensor, step: torch.Tensor | int, n_cols: int) -> torch.Tensor:
+    """Uniforms (B, n_cols) in (0, 1), float32: splitmix64 in counter mode, stream `row_seeds[b]`,
+    counter `step * 2^32 + column`. A pure function of (seed, step, column): no state, no batch effect.
+
+    23 bits per value, as (k + 0.5) / 2^23, so 0 and 1 (which would make Gumbel noise infinite) never occur.
+    """
+    cols = torch.arange(n_cols, device=row_seeds.device, dtype=torch.int64)
+    counter = (step * (1 << 32) + cols) * _GOLDEN  # (n_cols,) or broadcast with a tensor step
+    z = _splitmix64(row_seeds.to(torch.int64)[:, None] + counter)
+    return (_srl(z, 41).to(torch.float32) + 0.5) * (2.0 ** -23)
+
+
+# ---------------------------------------------------------------------------- sampling
+def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Temperature-scaled logits with everything outside top-k / the top-p nucleus set to -inf.
+
+    top-k keeps every token tied with the k-th largest logit (bf16 logits tie often; one setting is
+    one distribution). The nucleus is built in (logit descending, id ascending) order, so a tie at
+    its edge resolves the same way every time.
+    """
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1, stable=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass *before* it already reaches top_p (the top token always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_with_noise(logits: torch.Tensor, uniform: torch.Tensor | None, *, temperature: float = 0.0,
+                      top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Pick one id per row: argmax at temperature 0, else Gumbel-max over the filtered logits.
+
+    argmax(z + G) with G = -log(-log(U)) draws exactly from softmax(z). `uniform` (B, V) is an input
+    (see `uniform_noise`), so sampling is reproducible and compiles into the decode step's graph.
+    """
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    gumbel = -torch.log(-torch.log(uniform))
+    z = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    return (z + gumbel).argmax(dim=-1)
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, row_seeds: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
+    """Pick one id per row from logits (B, V): greedy at temperature 0, else filtered sampling with the
+    counter-based noise of `row_seeds` (B,) at position `step` (default seeds 0..B-1)."""
+    noise = None
+    if temperature > 0.0:
+        if row_seeds is None:
+            row_seeds = torch.arange(logits.shape[0], device=logits.device)
+        noise = uniform_noise(row_seeds, step, logits.shape[-1])
+    return sample_with_noise(logits, noise, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def _select(logits: torch.Tensor, row_seeds: torch.Tensor, step, vocab_size: int, temperature: float,
+            top_k: int | None, top_p: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next ids, their model log-probs) from last-position logits (B, V_padded)."""
+    last = logits.float()
+    if last.shape[-1] > vocab_size:
+        last = last.masked_fill(torch.arange(last.shape[-1], device=last.device) >= vocab_size, float("-inf"))
+    noise = uniform_noise(row_seeds, step, last.shape[-1]) if temperature > 0.0 else None
+    nxt = sample_with_noise(last, noise, temperature=temperature, top_k=top_k, top_p=top_p)
+    lp = F.log_softmax(last, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+    return nxt, lp
+
+
+def compiled_decode_step(model: GPT, temperature: float = 0.0, top_k: int | None = None,
+                         top_p: float | None = None):
+    """One compiled function per (model, sampling settings): cached forward of one token + sampling.
+
+    `fn(tok, pos, pad_lens, row_seeds, step) -> (next ids, log-probs)`, `step` a 0-d int64 tensor.
+    Static shapes (one token, a fixed-size cache, positions and the noise counter as tensors) let mode
+    "reduce-overhead" capture it as a CUDA graph on GPU; the noise hash is inside the graph.
+    """
+    cache = model.__dict__.setdefault("_spine_decode_steps", {})
+    key = (float(temperature), top_k, top_p)
+    fn = cache.get(key)
+    if fn is None:
+        vocab = model.config.vocab_size
+
+        def step_fn(tok, pos, pad_lens, row_seeds, step):
+            logits = model(tok, input_pos=pos, pad_lens=pad_lens, last_only=True)
+            return _select(logits[:, -1, :], row_seeds, step, vocab, temperature, top_k, top_p)
+
+        mode = "reduce-overhead" if model.tok_emb.weight.is_cuda else None
+        fn = torch.compile(step_fn, mode=mode, fullgraph=True, dynamic=False)
+        cache[key] = fn
+    return fn
+
+
+# ---------------------------------------------------------------------------- KV cache handling
+@contextlib.contextmanager
+def own_kv_cache(model: GPT) -> Iterator[None]:
+    """Run with no KV cache set up, then give the caller's caches back untouched.
+
+    Generation sets up (and resizes) its own cache and scoring runs without one; neither may wipe or
+    trip over a cache the caller left on the model.
+    """
+    saved = [b.attn.kv_cache for b in model.blocks]
+    model.reset_kv_cache()
+    try:
+        yield
+    finally:
+        for b, c in zip(model.blocks, saved):
+            b.attn.kv_cache = c
+
+
+def _gather_cache(model: GPT, rows: torch.Tensor, pool: dict | None) -> None:
+    """Keep cache rows `rows` (B',) of every block (repeats allowed: that is how a prefill is shared)."""
+    B = rows.numel()
+    for i, block in enumerate(model.blocks):
+        c = block.attn.kv_cache
+        shape = (B, *c.k.shape[1:])
+        if pool is not None:  # fixed buffers per shape, so a captured CUDA graph keeps its addresses
+            k, v = pool.setdefault((i, shape, c.k.dtype), (torch.empty(shape, dtype=c.k.dtype, device=c.k.device),
+                                                           torch.empty(shape, dtype=c.k.dtype, device=c.k.device)))
+            if k.data_ptr() != c.k.data_ptr():
+                torch.index_select(c.k, 0, rows, out=k)
+                torch.index_select(c.v, 0, rows, out=v)
+            else:  # gathering into the buffer being read: copy out first
+                k.copy_(c.k.index_select(0, rows))
+                v.copy_(c.v.index_select(0, rows))
+        else:
+            k, v = c.k.index_select(0, rows), c.v.index_select(0, rows)
+        c.k, c.v = k, v
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+# ---------------------------------------------------------------------------- the decode loop
 def _as_lists(prompts: Prompts) -> list[list[int]]:
     if isinstance(prompts, torch.Tensor):
         if prompts.dim() == 1:
@@ -72,7 +248,10 @@ def _check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
             raise ValueError(f"generate: prompt {i} has token id(s) {bad[:5]} outside the model's vocab [0, {vocab_size})")
 
 
-def _fit_context(prompts, max_new_tokens, ctx, on_overflow):
+def fit_context(prompts: list[list[int]], max_new_tokens: int, ctx: int,
+                on_overflow: Literal["error", "truncate"]) -> list[list[int]]:
+    """The prompts, each cut to its last tokens (`truncate`) or refused (`error`) when it + max_new_tokens
+    would not fit the context."""
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens <= ctx:
         return prompts
@@ -87,241 +266,6 @@ def _fit_context(prompts, max_new_tokens, ctx, on_overflow):
         f"{longest + max_new_tokens} exceeds the model's context_length ({ctx}); shorten the prompt, "
         "lower max_new_tokens, or pass on_overflow='truncate' to keep the last tokens of each prompt"
     )
-
-
-def filter_logits(logits: torch.Tensor, *, temperature: float, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
-    """Temperature-scaled logits with everything outside top-k / the top-p nucleus set to -inf."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        k = min(top_k, logits.shape[-1])
-        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the mass *before* it already reaches top_p (the top token always stays)
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def sample_with_noise(logits: torch.Tensor, uniform: torch.Tensor | None, *, temperature: float = 0.0,
-                      top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Pick one id per row: argmax at temperature 0, else Gumbel-max over the filtered logits.
-
-    argmax(z + G) with G = -log(-log(U)) draws exactly from softmax(z). Taking the noise U as an
-    input (drawn from a seeded generator outside) keeps sampling reproducible and lets the whole
-    decode step, sampling included, be compiled into one CUDA graph.
-    """
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-    if top_k is not None and top_k > 0 and top_p is None and uniform.shape[-1] < logits.shape[-1]:
-        # top-k only: race the k candidates alone (noise is (B, k)), no pass over the vocabulary
-        vals, idx = torch.topk(logits.float() / temperature, uniform.shape[-1], dim=-1)
-        return idx.gather(-1, (vals + gumbel).argmax(dim=-1, keepdim=True)).squeeze(-1)
-    z = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    return (z + gumbel).argmax(dim=-1)
-
-
-def noise_shape(shape: tuple[int, ...] | torch.Size, top_k: int | None, top_p: float | None) -> tuple[int, int]:
-    """Uniform noise needed per step: (B, k) for top-k-only sampling, else (B, V)."""
-    B, V = shape[0], shape[-1]
-    if top_k is not None and 0 < top_k < V and top_p is None:
-        return (B, top_k)
-    return (B, V)
-
-
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick one id per row from logits (B, V): greedy at temperature 0, else filtered sampling."""
-    noise = None
-    if temperature > 0.0:
-        noise = torch.rand(noise_shape(logits.shape, top_k, top_p), generator=generator, device=logits.device,
-                           dtype=torch.float32)
-    return sample_with_noise(logits, noise, temperature=temperature, top_k=top_k, top_p=top_p)
-
-
-def _select(logits: torch.Tensor, noise: torch.Tensor | None, vocab_size: int, temperature: float,
-            top_k: int | None, top_p: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(next ids, their model log-probs) from last-position logits (B, V_padded)."""
-    last = logits.float()
-    if last.shape[-1] > vocab_size:
-        last = last.masked_fill(torch.arange(last.shape[-1], device=last.device) >= vocab_size, float("-inf"))
-    nxt = sample_with_noise(last, noise, temperature=temperature, top_k=top_k, top_p=top_p)
-    lp = F.log_softmax(last, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
-    return nxt, lp
-
-
-@torch.inference_mode()
-def generate(
-    model: GPT,
-    prompts: Prompts,
-    *,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    eos_id: int | None = None,
-    stop_tokens: Sequence[int] | Sequence[Sequence[int]] | None = None,
-    pad_id: int = 0,
-    on_overflow: Literal["error", "truncate"] = "error",
-    use_cache: bool = True,
-    decode_step=None,
-    compile_decode: bool = False,
-    sync_every: int = 8,
-    stop_when: Callable[[list[int]], bool] | None = None,
-) -> GenerationOutput:
-    """Generate continuations for a batch of token-id prompts of any lengths.
-
-    Greedy when temperature is 0; otherwise temperature sampling with optional top-k/top-p.
-    `seed` makes sampling reproducible (a private generator; global RNG untouched).
-    A row stops at `eos_id` or any of its `stop_tokens` (one list for all rows, or one per row).
-    `use_cache=False` recomputes the whole sequence each step (the reference the cache is tested
-    against). `decode_step` optionally replaces the one-token cached forward; `compile_decode=True`
-    uses `compiled_decode_step(model)` (torch.compile, CUDA graphs on GPU). The host checks whether
-    every row has stopped only every `sync_every` steps, so decoding never waits on the GPU per token.
-    `stop_when(tokens)`: a host-side test (e.g. "the text contains a stop string") run at those same
-    checks on each running row's generated tokens; True stops the row there, with everything generated
-    so far (at most `sync_every - 1` tokens past the point where it became true).
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
-    cfg = model.config
-    rows = _as_lists(prompts)
-    _check_prompts(rows, cfg.vocab_size)
-    rows = _fit_context(rows, max_new_tokens, cfg.context_length, on_overflow)
-    B = len(rows)
-    stops = _stop_sets(stop_tokens, eos_id, B)
-
-    device = model.tok_emb.weight.device
-    lens = torch.tensor([len(p) for p in rows], device=device)
-    T0 = int(lens.max())
-    pad_lens = T0 - lens
-    idx = torch.full((B, T0), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(rows):
-        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-
-    was_training = model.training
-    model.eval()
-    total = T0 + max_new_tokens
-    shape = model.kv_cache_shape
-    owns_cache = use_cache and not (shape is not None and shape[0] == B and shape[1] >= total)
-    if owns_cache:
-        model.setup_kv_cache(B, total)
-    fused_step = None
-    if use_cache and decode_step is None and compile_decode:
-        fused_step = compiled_decode_step(model, temperature, top_k, top_p)
-    try:
-        if use_cache:
-            logits = model(idx, input_pos=torch.arange(T0, device=device), pad_lens=pad_lens, last_only=True)
-        else:
-            model.reset_kv_cache()
-            logits = model(idx, pad_lens=pad_lens, last_only=True)
-        # everything stays on the device; the host syncs only every `sync_every` steps
-        out_tok = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
-        out_lp = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
-        length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        stop_mask = _stop_mask(stops, cfg.padded_vocab_size, device)
-        rows_idx = torch.arange(B, device=device)
-        positions = torch.arange(T0, total, device=device)
-        seq = idx
-        steps_run = 0
-        sampled = temperature > 0.0
-        V = logits.shape[-1]
-
-        def noise():
-            if not sampled:
-                return None
-            return torch.rand(noise_shape((B, V), top_k, top_p), generator=generator, device=device,
-                              dtype=torch.float32)
-
-        nxt, lp = _select(logits[:, -1, :], noise(), cfg.vocab_size, temperature, top_k, top_p)
-        for step in range(max_new_tokens):
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            out_tok[:, step] = nxt
-            out_lp[:, step] = lp
-            steps_run = step + 1
-            if stop_mask is not None:
-                hit = stop_mask[rows_idx, nxt] & ~done
-                length = torch.where(hit, torch.full_like(length, step + 1), length)
-                done = done | hit
-            if step == max_new_tokens - 1:
-                break
-            if (step + 1) % sync_every == 0 and (stop_mask is not None or stop_when is not None):
-                if stop_when is not None:
-                    running = (~done).nonzero().flatten().tolist()
-                    if running:
-                        so_far = out_tok[running, :step + 1].tolist()
-                        hit = [r for r, toks in zip(running, so_far) if stop_when(toks)]
-                        if hit:
-                            hit_t = torch.tensor(hit, device=device)
-                            length[hit_t] = step + 1
-                            done[hit_t] = True
-                if bool(done.all()):
-                    break
-            if use_cache and fused_step is not None:
-                nxt, lp = fused_step(nxt[:, None], positions[step:step + 1], pad_lens, noise())
-                continue
-            if use_cache:
-                step_fn = decode_step or (lambda t, p, pl: model(t, input_pos=p, pad_lens=pl, last_only=True))
-                logits = step_fn(nxt[:, None], positions[step:step + 1], pad_lens)
-            else:
-                seq = torch.cat([seq, nxt[:, None]], dim=1)
-                logits = model(seq, pad_lens=pad_lens, last_only=True)
-            nxt, lp = _select(logits[:, -1, :], noise(), cfg.vocab_size, temperature, top_k, top_p)
-    finally:
-        if owns_cache:
-            model.reset_kv_cache()
-        model.train(was_training)
-    lengths = length.clamp(max=steps_run).tolist()
-    done_l = done.tolist()
-    tok_l, lp_l = out_tok.tolist(), out_lp.tolist()
-    out_tokens = [tok_l[i][:lengths[i]] for i in range(B)]
-    out_lps = [lp_l[i][:lengths[i]] for i in range(B)]
-    reasons = ["stop" if done_l[i] else "length" for i in range(B)]
-    return GenerationOutput(out_tokens, out_lps, reasons, rows, stops)
-
-
-def compiled_decode_step(model: GPT, temperature: float = 0.0, top_k: int | None = None,
-                         top_p: float | None = None):
-    """One compiled function per (model, sampling settings): cached forward of one token + sampling.
-
-    `fn(tok, pos, pad_lens, noise) -> (next ids, log-probs)`. Static shapes (one token, a fixed-size
-    cache, positions as a tensor) let mode "reduce-overhead" capture it as a CUDA graph on GPU;
-    sampling is inside the graph, its noise an input (see `sample_with_noise`).
-    """
-    cache = model.__dict__.setdefault("_spine_decode_steps", {})
-    key = (float(temperature), top_k, top_p)
-    fn = cache.get(key)
-    if fn is None:
-        vocab = model.config.vocab_size
-
-        def step(tok, pos, pad_lens, noise):
-            logits = model(tok, input_pos=pos, pad_lens=pad_lens, last_only=True)
-            return _select(logits[:, -1, :], noise, vocab, temperature, top_k, top_p)
-
-        mode = "reduce-overhead" if model.tok_emb.weight.is_cuda else None
-        fn = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
-        cache[key] = fn
-    return fn
 
 
 def _stop_sets(stop_tokens, eos_id, B) -> list[set[int]]:
@@ -339,15 +283,185 @@ def _stop_sets(stop_tokens, eos_id, B) -> list[set[int]]:
     return per_row
 
 
-def _stop_mask(stops: list[set[int]], vocab: int, device) -> torch.Tensor | None:
-    if not any(stops):
+def _stop_table(stops: list[set[int]], device) -> torch.Tensor | None:
+    """(B, S) stop ids per row, padded with -1 (never a token); None when no row has any."""
+    width = max((len(s) for s in stops), default=0)
+    if width == 0:
         return None
-    mask = torch.zeros(len(stops), vocab, dtype=torch.bool, device=device)
+    table = torch.full((len(stops), width), -1, dtype=torch.long)
     for i, s in enumerate(stops):
-        ids = [t for t in s if 0 <= t < vocab]
-        if ids:
-            mask[i, ids] = True
-    return mask
+        table[i, :len(s)] = torch.tensor(sorted(s), dtype=torch.long)
+    return table.to(device)
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    prompts: Prompts,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    row_seeds: Sequence[int] | None = None,
+    repeats: Sequence[int] | None = None,
+    eos_id: int | None = None,
+    stop_tokens: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    pad_id: int = 0,
+    on_overflow: Literal["error", "truncate"] = "error",
+    use_cache: bool = True,
+    decode_step=None,
+    compile_decode: bool = False,
+    sync_every: int = 8,
+    stop_when: Callable[[list[int]], bool] | None = None,
+    compact: bool = True,
+    cache_pool: dict | None = None,
+) -> GenerationOutput:
+    """Generate continuations for a batch of token-id prompts of any lengths (the engine's decode loop).
+
+    `repeats[i]` rows continue prompt i (default 1): the prompt is prefilled once and its cache rows
+    copied. Greedy when temperature is 0; otherwise temperature sampling with optional top-k/top-p,
+    row r drawing its noise from `row_seeds[r]` (default `sample_seed(seed, r, 0)`; `seed=None` draws a
+    base seed from torch's global RNG). A row stops at `eos_id` or any of its prompt's `stop_tokens`
+    (one list for all, or one per prompt). `use_cache=False` recomputes the whole sequence each step
+    (the reference the cache is tested against). `decode_step(tok, pos, pad_lens) -> logits` replaces
+    the one-token cached forward; `compile_decode=True` uses `compiled_decode_step(model)`.
+    The host looks at the rows only every `sync_every` steps: then `stop_when(tokens)` (e.g. "the text
+    contains a stop string") may end running rows (keeping what they generated), the loop ends when
+    every row has, and with `compact` the running rows are gathered into a smaller batch once they are
+    at most half of it (rows' results never change). A caller's KV cache on the model is left as it was.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not temperature >= 0.0:
+        raise ValueError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"generate: top_k must be >= 1 or None, got {top_k}")
+    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+        raise ValueError(f"generate: sync_every must be an integer >= 1, got {sync_every!r}")
+    cfg = model.config
+    rows = _as_lists(prompts)
+    _check_prompts(rows, cfg.vocab_size)
+    rows = fit_context(rows, max_new_tokens, cfg.context_length, on_overflow)
+    U = len(rows)
+    reps = [1] * U if repeats is None else [int(r) for r in repeats]
+    if len(reps) != U or any(r < 1 for r in reps):
+        raise ValueError(f"generate: repeats must give an integer >= 1 for each of the {U} prompts, got {repeats!r}")
+    B = sum(reps)
+    if row_seeds is None:
+        base = seed if seed is not None else int(torch.randint(0, 2**62, ()).item())
+        row_seeds = [sample_seed(base, r, 0) for r in range(B)]
+    if len(row_seeds) != B:
+        raise ValueError(f"generate: {len(row_seeds)} row_seeds for {B} rows")
+    stops = [s for s, r in zip(_stop_sets(stop_tokens, eos_id, U), reps) for _ in range(r)]
+    prompt_rows = [p for p, r in zip(rows, reps) for _ in range(r)]
+
+    device = model.tok_emb.weight.device
+    T0 = max(len(p) for p in rows)
+    pad_u = torch.tensor([T0 - len(p) for p in rows], device=device)
+    idx = torch.full((U, T0), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(rows):
+        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+    expand = torch.repeat_interleave(torch.arange(U, device=device), torch.tensor(reps, device=device))
+
+    was_training = model.training
+    model.eval()
+    total = T0 + max_new_tokens
+    if compile_decode and use_cache and decode_step is None:
+        # few distinct shapes, so compiled graphs are reused across calls
+        total = min(cfg.context_length, -(-total // 256) * 256)
+    fused = compiled_decode_step(model, temperature, top_k, top_p) if (
+        compile_decode and use_cache and decode_step is None) else None
+    with own_kv_cache(model):
+        try:
+            if use_cache:
+                model.setup_kv_cache(U, total)
+                logits = model(idx, input_pos=torch.arange(T0, device=device), pad_lens=pad_u, last_only=True)
+                if B != U or cache_pool is not None:
+                    _gather_cache(model, expand, cache_pool)
+            else:
+                logits = model(idx, pad_lens=pad_u, last_only=True)
+            logits = logits[:, -1, :].index_select(0, expand)
+            # everything stays on the device; the host looks only every `sync_every` steps
+            out_tok = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+            out_lp = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+            length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+            done = torch.zeros(B, dtype=torch.bool, device=device)
+            cur = torch.arange(B, device=device)  # the original row of each batch row
+            pad_lens = pad_u.index_select(0, expand)
+            seeds = torch.tensor(row_seeds, dtype=torch.int64, device=device)
+            stop_tab = _stop_table(stops, device)
+            seq = idx.index_select(0, expand)
+            positions = torch.arange(T0, total, device=device)
+            steps = torch.arange(max_new_tokens, device=device)  # 0-d counters for the compiled step
+            steps_run = 0
+            nxt, lp = _select(logits, seeds, 0, cfg.vocab_size, temperature, top_k, top_p)
+            for step in range(max_new_tokens):
+                d = done.index_select(0, cur)
+                nxt = torch.where(d, torch.full_like(nxt, pad_id), nxt)
+                out_tok[cur, step] = nxt
+                out_lp[cur, step] = lp
+                steps_run = step + 1
+                if stop_tab is not None:
+                    hit = (nxt[:, None] == stop_tab).any(-1) & ~d
+                    length[cur] = torch.where(hit, torch.full_like(nxt, step + 1), length.index_select(0, cur))
+                    done[cur] = d | hit
+                if step == max_new_tokens - 1:
+                    break
+                if (step + 1) % sync_every == 0 and (stop_tab is not None or stop_when is not None):
+                    if stop_when is not None:
+                        running = cur[~done.index_select(0, cur)].tolist()
+                        if running:
+                            so_far = out_tok[running, :step + 1].tolist()
+                            ended = [r for r, toks in zip(running, so_far) if stop_when(toks)]
+                            if ended:
+                                ended_t = torch.tensor(ended, device=device)
+                                length[ended_t] = step + 1
+                                done[ended_t] = True
+                    live = (~done.index_select(0, cur)).nonzero().flatten()
+                    n_live = live.numel()
+                    if n_live == 0:
+                        break
+                    b = cur.numel()
+                    if compact and n_live <= b // 2:
+                        keep = live
+                        if fused is not None:  # bucket sizes: a handful of compiled shapes, not one per count
+                            size = _pow2(n_live)
+                            if size < b:
+                                fill = (done.index_select(0, cur)).nonzero().flatten()[:size - n_live]
+                                keep = torch.cat([live, fill])
+                            else:
+                                keep = torch.arange(b, device=device)
+                        if keep.numel() < b:
+                            cur, nxt, lp = cur[keep], nxt[keep], lp[keep]
+                            pad_lens, seeds = pad_lens[keep], seeds[keep]
+                            stop_tab = stop_tab[keep] if stop_tab is not None else None
+                            if use_cache:
+                                _gather_cache(model, keep, cache_pool)
+                            else:
+                                seq = seq[keep]
+                if fused is not None:
+                    nxt, lp = fused(nxt[:, None], positions[step:step + 1], pad_lens, seeds, steps[step + 1])
+                    continue
+                if use_cache:
+                    step_fn = decode_step or (lambda t, p, pl: model(t, input_pos=p, pad_lens=pl, last_only=True))
+                    logits = step_fn(nxt[:, None], positions[step:step + 1], pad_lens)
+                else:
+                    seq = torch.cat([seq, nxt[:, None]], dim=1)
+                    logits = model(seq, pad_lens=pad_lens, last_only=True)
+                nxt, lp = _select(logits[:, -1, :], seeds, step + 1, cfg.vocab_size, temperature, top_k, top_p)
+        finally:
+            model.train(was_training)
+    lengths = length.clamp(max=steps_run).tolist()
+    done_l = done.tolist()
+    tok_l, lp_l = out_tok.tolist(), out_lp.tolist()
+    out_tokens = [tok_l[i][:lengths[i]] for i in range(B)]
+    out_lps = [lp_l[i][:lengths[i]] for i in range(B)]
+    reasons = ["stop" if done_l[i] else "length" for i in range(B)]
+    return GenerationOutput(out_tokens, out_lps, reasons, prompt_rows, stops)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -366,6 +480,22 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def sequence_logprobs(model: GPT, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Differentiable log p(input_ids[:, t+1] | input_ids[:, :t+1]) under `model`: shape (B, T-1), float32.
+
+    `mask` (B, T), true where a token is to be scored (e.g. completion tokens); positions whose target
+    is masked out are 0. Sequences are right-padded (causal attention: no real token sees a pad).
+    Rows past `vocab_size` (a padded vocabulary) are excluded from the normaliser, as in generation.
+    A KV cache left on the model is set aside for the forward and put back.
+    """
+    with own_kv_cache(model):
+        logits = model(input_ids[:, :-1])
+    out = token_logprobs(logits[..., :model.config.vocab_size], input_ids[:, 1:])
+    if mask is not None:
+        out = out * mask[:, 1:].to(out.dtype)
+    return out
+
+
 @torch.inference_mode()
 def score(
     model: GPT,
@@ -375,7 +505,7 @@ def score(
     batch_size: int = 8,
     pad_id: int = 0,
 ) -> list[Score]:
-    """Sum and mean log-prob of each completion given its prompt (teacher forcing, one forward)."""
+    """Sum and mean log-prob of each completion given its prompt (teacher forcing: `sequence_logprobs`)."""
     if len(prompts) != len(completions):
         raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
     cfg = model.config
@@ -400,10 +530,7 @@ def score(
             ids = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
             for j, s in enumerate(seqs):
                 ids[j, :len(s)] = torch.tensor(s, dtype=torch.long, device=device)
-            # right padding is harmless under causal attention: no real token sees a pad
-            logits = model(ids[:, :-1])
-            # rows past vocab_size (pad_vocab_to) are not tokens: normalise over real ids, as generate does
-            lp_all = token_logprobs(logits[..., :cfg.vocab_size], ids[:, 1:])
+            lp_all = sequence_logprobs(model, ids)
             for j, (p, c) in enumerate(chunk):
                 lp = lp_all[j, len(p) - 1:len(p) - 1 + len(c)].tolist()
                 results.append(Score(sum(lp), sum(lp) / len(lp), len(lp), lp))

@@ -41,6 +41,8 @@ its targets are tokens 2..max_length+1 — the rest of the record and its end-of
 (the book's `allowed_max_length` cuts the same way: encode keeps max_length + 1 ids, collate cuts
 inputs and targets to max_length). With `truncate=False` it is an error naming the record's index
 and length.
+A prompt that alone fills the cut leaves a record with no unmasked target under `mask_prompt`: it
+adds nothing to the loss (the targets are never prompt tokens).
 """
 from __future__ import annotations
 
@@ -172,7 +174,9 @@ def encode_records(records: Sequence[dict], tokenizer: Any, template: Template =
                 raise ValueError(f"record {offset + i} has {len(ids)} tokens, more than max_length={max_length}; "
                                  "raise max_length or set truncate: true (keeps the first max_length tokens)")
             ids = ids[:max_length + 1]  # +1: the last kept input still gets its true next token as target
-            plen = min(plen, max_length)
+            # Not min(plen, max_length): with a prompt past the cut, the last target (token
+            # max_length) is a prompt token too and must stay masked.
+            plen = min(plen, len(ids))
         out.append(Encoded(ids, plen))
     return out
 

@@ -83,7 +83,7 @@ def _expand_local(spec: str) -> list[Path]:
         return files
     if not p.is_file():
         raise FileNotFoundError(f"data source not found: {spec} (expected a file, directory, glob, URL with "
-                                f"#sha256=..., hf:NAME[:CONFIG], hf-disk:PATH or 'synthetic')")
+                                f"#sha256=..., hf:NAME[:CONFIG], hf-disk:PATH, 'synthetic' or task:FAMILY:...)")
     return [p]
 
 
@@ -148,6 +148,15 @@ def _resolve_one(spec: str, *, sha256: str | None, encoding_errors: str, cache_d
         code = sha256_file(Path(synthetic.__file__))
         fp = sha256_json({"synthetic": [synthetic_problems, levels, synthetic_seed], "code": code})
         return ResolvedSource(docs, fp, f"synthetic(n_problems={synthetic_problems}, levels={levels}, seed={synthetic_seed})")
+    if spec.startswith("task:"):
+        from spine.reasoning import synthetic, tasks
+        from spine.reasoning.tasks.spec import parse_task_spec, task_documents
+
+        parse_task_spec(spec)  # a typo fails here, before any data work
+        docs = _ListOnce(lambda: task_documents(spec))
+        code = [sha256_file(p) for p in sorted(Path(tasks.__file__).parent.glob("*.py"))]
+        fp = sha256_json({"task": spec, "code": code + [sha256_file(Path(synthetic.__file__))]})
+        return ResolvedSource(docs, fp, spec)
     if spec.startswith("hf-disk:"):
         path = spec[len("hf-disk:"):]
         import datasets  # lazy: heavy, and only these sources need it
@@ -203,7 +212,8 @@ def resolve_source(
 
     Specs: a file (one document), a directory (every *.txt below it, sorted), a glob (sorted),
     `http(s)://…` or `file://…` with `#sha256=HEX` (or `sha256=`), `hf:NAME[:CONFIG]`,
-    `hf-disk:PATH` (a `datasets` dataset saved with `save_to_disk`), or `synthetic`.
+    `hf-disk:PATH` (a `datasets` dataset saved with `save_to_disk`), `synthetic`, or a task corpus
+    `task:arith+linear:levels=1-5,n=20000,seed=0,split=train` (worked solutions, spine.reasoning.tasks).
     """
     if encoding_errors not in ("strict", "replace"):
         raise ValueError(f"encoding_errors must be 'strict' or 'replace', got {encoding_errors!r}")

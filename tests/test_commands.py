@@ -8,7 +8,7 @@ import torch
 
 from spine.checkpoint import load_checkpoint, save_checkpoint
 from spine.commands import COMMANDS, main
-from spine.generation import generate
+from spine.engine import Engine, SamplingParams
 from spine.model import GPT
 from spine.tokenizer import get_tokenizer
 
@@ -36,14 +36,15 @@ def _run(capsys, argv):
 
 
 def _expected(ckpt, prompts, **kw):
+    """What the library's one generation door gives for these prompts: (token ids, texts)."""
     model, tok = load_checkpoint(ckpt)
-    out = generate(model, [tok.encode(p) for p in prompts], eos_id=tok.eos_id, pad_id=tok.pad_id, **kw)
-    return out, out.texts(tok)
+    out = Engine(model, tok).generate(prompts, SamplingParams(**kw))
+    return [row[0].token_ids for row in out], [row[0].text for row in out]
 
 
 def test_generate_gpt2_matches_the_library(capsys, gpt2_ckpt):
     code, out, err = _run(capsys, ["generate", "--checkpoint", gpt2_ckpt, "--prompt", "Every effort moves you",
-                                   "--max_new_tokens", 6, "--device", "cpu"])
+                                   "--sampling.max_new_tokens", 6, "--device", "cpu"])
     assert code == 0, err
     _, texts = _expected(gpt2_ckpt, ["Every effort moves you"], max_new_tokens=6)
     assert out == texts[0] + "\n"
@@ -52,45 +53,47 @@ def test_generate_gpt2_matches_the_library(capsys, gpt2_ckpt):
 def test_generate_several_prompts_jsonl(capsys, byte_ckpt):
     prompts = ["Hello", "a much longer prompt, padded on the left"]
     code, out, err = _run(capsys, ["generate", "--checkpoint", byte_ckpt, "--prompt", prompts[0],
-                                   f"--prompt={prompts[1]}", "--max_new_tokens", 5, "--output", "jsonl"])
+                                   f"--prompt={prompts[1]}", "--sampling.max_new_tokens", 5, "--output", "jsonl"])
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     expected, texts = _expected(byte_ckpt, prompts, max_new_tokens=5)
     assert [r["prompt"] for r in rows] == prompts
-    assert [r["tokens"] for r in rows] == expected.tokens
+    assert [r["tokens"] for r in rows] == expected
     assert [r["completion"] for r in rows] == texts
     assert all(r["finish_reason"] == "length" for r in rows)
 
 
 def test_generate_sampling_seeded_and_text_that_looks_like_yaml(capsys, byte_ckpt):
-    # --device cpu: a seed fixes the stream of one device's generator; CUDA's differs from the CPU reference's
     argv = ["generate", "--checkpoint", byte_ckpt, "--prompt", "[1, 2]", "--prompt", "key: value",
-            "--max_new_tokens", 8, "--temperature", 1.0, "--top_k", 50, "--seed", 11, "--output", "jsonl",
-            "--device", "cpu"]
+            "--sampling.max_new_tokens", 8, "--sampling.temperature", 1.0, "--sampling.top_k", 50,
+            "--sampling.seed", 11, "--output", "jsonl", "--device", "cpu"]
     a, b = _run(capsys, argv), _run(capsys, argv)
     assert a[0] == 0 and a[1] == b[1]
     rows = [json.loads(line) for line in a[1].splitlines()]
     assert [r["prompt"] for r in rows] == ["[1, 2]", "key: value"]  # prompts are text, never parsed
     expected, _ = _expected(byte_ckpt, ["[1, 2]", "key: value"], max_new_tokens=8, temperature=1.0, top_k=50, seed=11)
-    assert [r["tokens"] for r in rows] == expected.tokens
+    assert [r["tokens"] for r in rows] == expected
 
 
 def test_generate_from_yaml_config(capsys, tmp_path, byte_ckpt):
     cfg = tmp_path / "gen.yaml"
-    cfg.write_text(f"checkpoint: {byte_ckpt}\nprompt: [Hi, There]\nmax_new_tokens: 3\noutput: jsonl\n")
-    code, out, err = _run(capsys, ["generate", "--config", cfg, "--max_new_tokens", 4])
+    cfg.write_text(f"checkpoint: {byte_ckpt}\nprompt: [Hi, There]\nsampling: {{max_new_tokens: 3, temperature: 0.7, n: 2}}\n"
+                   "output: jsonl\n")
+    code, out, err = _run(capsys, ["generate", "--config", cfg, "--sampling.max_new_tokens", 4])
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [r["prompt"] for r in rows] == ["Hi", "There"] and all(len(r["tokens"]) == 4 for r in rows)
+    assert [r["prompt"] for r in rows] == ["Hi", "Hi", "There", "There"] and [r["index"] for r in rows] == [0, 1] * 2
+    assert all(len(r["tokens"]) == 4 for r in rows)  # the flag overrides the file; temperature and n stay
 
 
 @pytest.mark.parametrize("argv_tail,message", [
     (["--prompt", "x" * 200], "exceeds the model's context_length (128)"),
     (["--prompt", ""], "prompt 0 is empty"),
-    (["--prompt", "hi", "--top_p", 1.5], "top_p must be in (0, 1]"),
+    (["--prompt", "hi", "--sampling.top_p", 1.5], "top_p must be in (0, 1]"),
+    (["--prompt", "hi", "--sampling.temperature", -1], "temperature must be a finite number >= 0"),
     (["--prompt", "hi", "--tokenizer", "gpt2-typo"], "unknown tokenizer 'gpt2-typo'"),
     (["--prompt", "hi", "--bogus", 1], "unrecognized arguments"),
-    (["--prompt", "hi", "--max_new_tokens", "many"], "max_new_tokens"),
+    (["--prompt", "hi", "--sampling.max_new_tokens", "many"], "max_new_tokens"),
 ])
 def test_generate_errors_are_one_line_exit_2(capsys, byte_ckpt, argv_tail, message):
     code, out, err = _run(capsys, ["generate", "--checkpoint", byte_ckpt, *argv_tail])
@@ -99,7 +102,7 @@ def test_generate_errors_are_one_line_exit_2(capsys, byte_ckpt, argv_tail, messa
 
 def test_generate_truncate_policy(capsys, byte_ckpt):
     code, out, err = _run(capsys, ["generate", "--checkpoint", byte_ckpt, "--prompt", "x" * 200,
-                                   "--max_new_tokens", 8, "--on_overflow", "truncate", "--output", "jsonl"])
+                                   "--sampling.max_new_tokens", 8, "--on_overflow", "truncate", "--output", "jsonl"])
     assert code == 0, err
     assert len(json.loads(out)["tokens"]) == 8
 
@@ -109,16 +112,16 @@ def test_missing_checkpoint_and_no_tokenizer(capsys, tmp_path):
     assert code == 2 and "checkpoint directory not found" in err
     save_checkpoint(tmp_path / "bare", GPT.from_preset("gpt2-tiny", vocab_size=257))
     code, _, err = _run(capsys, ["generate", "--checkpoint", tmp_path / "bare", "--prompt", "hi"])
-    assert code == 2 and "holds no tokenizer; pass --tokenizer" in err
+    assert code == 2 and "has no tokenizer; pass --tokenizer" in err
     code, out, err = _run(capsys, ["generate", "--checkpoint", tmp_path / "bare", "--prompt", "hi",
-                                   "--tokenizer", "byte", "--max_new_tokens", 2])
+                                   "--tokenizer", "byte", "--sampling.max_new_tokens", 2])
     assert code == 0, err
 
 
 def test_usage(capsys):
     assert {"generate", "import-hf", "export-hf"} <= set(COMMANDS)
     code, out, _ = _run(capsys, ["generate", "--help"])
-    assert code == 0 and "--max_new_tokens" in out and "--top_p" in out
+    assert code == 0 and "--sampling.max_new_tokens" in out and "--sampling.top_p" in out
     code, _, err = _run(capsys, [])
     assert code == 2 and "subcommand" in err
     code, _, err = _run(capsys, ["frobnicate"])

@@ -24,6 +24,7 @@ from spine.checkpoint import checkpoint_sha256, save_checkpoint
 from spine.commands import main
 from spine.config import ModelConfig
 from spine.model import GPT
+from spine.params import SamplingParams
 from spine.reasoning import pipelines
 from spine.reasoning.problems import load_problems
 from spine.tokenizer import get_tokenizer
@@ -52,7 +53,7 @@ def _eval(capsys, *args) -> tuple[int, str, str]:
 
 
 def _base(ckpt: Path, traces: Path) -> list:
-    return ["--checkpoint", ckpt, "--problems", SYNTH, "--template", "synthetic", "--max_new_tokens", 12,
+    return ["--checkpoint", ckpt, "--problems", SYNTH, "--template", "synthetic", "--sampling.max_new_tokens", 12,
             "--device", "cpu", "--traces", traces]
 
 
@@ -66,8 +67,9 @@ def test_eval_greedy_prints_summary_and_resumes(capsys, ckpt, tmp_path):
     assert len(records) == 5 and all(r.metadata["final"] for r in records)
     cfg = header["config"]
     assert cfg["source"] == SYNTH and len(cfg["checkpoint_sha256"]) == 64
-    assert cfg["engine"]["stop_strings"] == ["\nQuestion:"]  # the synthetic template's default
-    assert cfg["pipeline"]["pipeline"] == "single" and cfg["pipeline"]["temperature"] == 0.0
+    assert cfg["pipeline"]["sampling"]["stop"] == ["\nQuestion:"]  # the synthetic template's default
+    assert cfg["pipeline"]["pipeline"] == "single" and cfg["pipeline"]["sampling"]["temperature"] == 0.0
+    assert cfg["pipeline"]["sampling"]["max_new_tokens"] == 12
     assert cfg["extra"] == {"dtype": "float32"}
     # a rerun with a larger limit resumes: only the sixth problem is new
     code, out, err = _eval(capsys, *_base(ckpt, traces), "--limit", 6)
@@ -78,15 +80,16 @@ def test_eval_greedy_prints_summary_and_resumes(capsys, ckpt, tmp_path):
 
 def test_eval_self_consistency_then_report_png(capsys, ckpt, tmp_path):
     traces = tmp_path / "sc3.jsonl"
-    code, out, err = _eval(capsys, *_base(ckpt, traces), "--pipeline", "sc", "--n", 3, "--temperature", 1.0,
-                           "--seed", 5, "--stop_strings", "\nQuestion:", "--stop_strings", "\n\n")
+    code, out, err = _eval(capsys, *_base(ckpt, traces), "--pipeline", "sc", "--sampling.n", 3,
+                           "--sampling.temperature", 1.0, "--sampling.seed", 5,
+                           "--sampling.stop", json.dumps(["\nQuestion:", "\n\n"]))
     assert code == 0, err
-    assert "self-consistency n=3" in out and "| all | 6 |" in out
+    assert "sc3, temperature 1.0" in out and "| all | 6 |" in out
     header, records = read_traces(traces)
     assert len(records) == 18 and sum(r.metadata["final"] for r in records) == 6
-    assert header["config"]["pipeline"] == {"pipeline": "self_consistency", "n": 3, "temperature": 1.0,
-                                            "top_k": None, "top_p": None, "seed": 5}
-    assert header["config"]["engine"]["stop_strings"] == ["\nQuestion:", "\n\n"]  # repeated flag, real newlines
+    assert header["config"]["pipeline"] == {"pipeline": "self_consistency", "sampling": {
+        "temperature": 1.0, "top_k": None, "top_p": None, "seed": 5, "max_new_tokens": 12,
+        "stop": ["\nQuestion:", "\n\n"], "stop_token_ids": [], "n": 3}}  # real newlines
     assert not any("\n\n" in r.completion or "\nQuestion:" in r.completion for r in records)
     png = tmp_path / "plots" / "acc.png"
     code = main(["report", str(traces), "--png", str(png)])
@@ -154,7 +157,8 @@ def test_reasoning_eval_callback_during_fit(tmp_path):
     dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=64, batch_size=4,
                             synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
     module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=64, pad_id=dm.pad_id)
-    callback = ReasoningEval(problems="synthetic:level=1,n=50,seed=7,split=eval", limit=4, max_new_tokens=8,
+    callback = ReasoningEval(problems="synthetic:level=1,n=50,seed=7,split=eval", limit=4,
+                             sampling=SamplingParams(max_new_tokens=8, stop=("\nQuestion:",)),
                              pipelines=[{"name": "greedy"}, {"name": "sc", "n": 2, "temperature": 1.0}])
     logger = CSVLogger(tmp_path, name="logs")
     trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=logger,
@@ -182,8 +186,8 @@ def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeyp
     no_tok = str(ckpt.parent / "no-tokenizer")
 
     def validate(limit: int, **kw) -> dict:
-        module = ReasoningEvalModule(init_from=no_tok, template="synthetic", max_new_tokens=8, trace_path=str(traces),
-                                     stop_strings=["\nQuestion:"], **kw)
+        module = ReasoningEvalModule(init_from=no_tok, template="synthetic", trace_path=str(traces),
+                                     sampling=SamplingParams(max_new_tokens=8, stop=("\nQuestion:",)), **kw)
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path,
                             enable_progress_bar=False, enable_model_summary=False)
         return trainer.validate(module, datamodule=ReasoningDataModule(source=SYNTH, limit=limit, batch_size=3),
@@ -201,7 +205,7 @@ def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeyp
     def no_generation(*a, **k):
         raise AssertionError("a fully resumed run must not generate")
 
-    monkeypatch.setattr(pipelines, "generate", no_generation)
+    monkeypatch.setattr(pipelines.Engine, "generate", no_generation)
     third = validate(6, tokenizer="byte")
     assert third == second
 
@@ -235,7 +239,7 @@ def test_eval_of_an_hf_checkpoint_directory(capsys, ckpt, tmp_path):
     assert main(["export-hf", str(ckpt), str(hf_dir)]) == 0
     traces = tmp_path / "hf.jsonl"
     code, out, err = _eval(capsys, "--checkpoint", f"hf:{hf_dir}", "--problems", SYNTH, "--limit", 2, "--template",
-                           "synthetic", "--max_new_tokens", 6, "--device", "cpu", "--traces", traces)
+                           "synthetic", "--sampling.max_new_tokens", 6, "--device", "cpu", "--traces", traces)
     assert code == 0, err
     header, records = read_traces(traces)
     assert len(records) == 2

@@ -1,7 +1,8 @@
 """The evaluation harness `spine.reasoning.evaluate`: accuracy, groups, Wilson CI, traces, resume.
 
-Most tests use a scripted Engine (its `complete` returns fixed texts), so accuracies are exact;
-the last one runs a real tiny GPT with the byte tokenizer and checks the records' shape.
+Most tests use a scripted engine (its `sample` returns fixed texts), so accuracies are exact; the
+last ones run a real tiny GPT with the byte tokenizer: the records' shape, and sampled runs that are
+re-chunked or resumed drawing exactly the samples of one uninterrupted run.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from spine.config import ModelConfig
 from spine.model import GPT
 from spine.reasoning.evaluate import evaluate
 from spine.reasoning.grade import answers_equivalent
-from spine.reasoning.pipelines import Completion, Engine, SelfConsistency, SingleSample
+from spine.engine import Completion, SamplingParams
+from spine.reasoning.pipelines import ProblemEngine, SelfConsistency, SingleSample, make_pipeline
 from spine.reasoning.problems import Problem, load_problems
 from spine.reasoning.report import accuracy_at_k
 from spine.tokenizer import get_tokenizer
@@ -23,17 +25,19 @@ from spine.traces import read_traces
 TOK = get_tokenizer("byte")
 
 
-class ScriptedEngine(Engine):
-    """An Engine whose completions come from a script: prompt text -> texts, used in order."""
+class ScriptedEngine(ProblemEngine):
+    """A ProblemEngine whose completions come from a script: prompt text -> texts, used in order."""
 
     def __init__(self, scripts: dict[str, list[str]], **kw):
         super().__init__(None, TOK, template="plain", **kw)
         self.scripts = {k: list(v) for k, v in scripts.items()}
         self.prompts_seen: list[str] = []
 
-    def complete(self, prompts, **kw):
+    def sample(self, problems, params):
+        prompts = [self.prompt_for(p) for p in problems]
         self.prompts_seen.extend(prompts)
-        return [Completion(self.scripts[p].pop(0), tokens=10, seconds=0.5, finish_reason="stop") for p in prompts]
+        return [[Completion(self.scripts[p].pop(0), [1] * 10, [0.0] * 10, "stop", 3, 10, j, 0.5)
+                 for j in range(params.n)] for p in prompts]
 
 
 # five problems over two levels; greedy answers: three right (two at level 1, one at level 2)
@@ -71,7 +75,7 @@ def test_accuracy_groups_and_wilson_interval(tmp_path):
 
 def test_trace_lines_are_samples_with_one_final_per_problem(tmp_path):
     path = tmp_path / "sc.jsonl"
-    rep = evaluate(PROBLEMS, ScriptedEngine(SC), SelfConsistency(n=3), trace_path=path, source="hand-made")
+    rep = evaluate(PROBLEMS, ScriptedEngine(SC), make_pipeline("sc", n=3), trace_path=path, source="hand-made")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0]["type"] == "header" and lines[0]["config"]["source"] == "hand-made"
     records = lines[1:]
@@ -91,8 +95,8 @@ def test_trace_lines_are_samples_with_one_final_per_problem(tmp_path):
 
 
 def test_in_memory_summary_equals_the_traced_one(tmp_path):
-    traced = evaluate(PROBLEMS, ScriptedEngine(SC), SelfConsistency(n=3), trace_path=tmp_path / "a.jsonl")
-    memory = evaluate(PROBLEMS, ScriptedEngine(SC), SelfConsistency(n=3))
+    traced = evaluate(PROBLEMS, ScriptedEngine(SC), make_pipeline("sc", n=3), trace_path=tmp_path / "a.jsonl")
+    memory = evaluate(PROBLEMS, ScriptedEngine(SC), make_pipeline("sc", n=3))
     assert memory.trace_path is None
     assert memory.summary.to_dict() == traced.summary.to_dict()
 
@@ -118,9 +122,9 @@ def test_resume_refuses_another_config(tmp_path):
     evaluate(PROBLEMS, ScriptedEngine(GREEDY), SingleSample(), trace_path=path)
     before = path.read_bytes()
     with pytest.raises(ValueError, match=f"trace file {path} was written by another run config"):
-        evaluate(PROBLEMS, ScriptedEngine(GREEDY), SingleSample(temperature=0.5), trace_path=path)
+        evaluate(PROBLEMS, ScriptedEngine(GREEDY), SingleSample(SamplingParams(temperature=0.5)), trace_path=path)
     with pytest.raises(ValueError, match="another run config"):
-        evaluate(PROBLEMS, ScriptedEngine(GREEDY, max_new_tokens=9), SingleSample(), trace_path=path)
+        evaluate(PROBLEMS, ScriptedEngine(GREEDY), SingleSample(SamplingParams(max_new_tokens=9)), trace_path=path)
     with pytest.raises(ValueError, match="another run config"):
         evaluate(PROBLEMS, ScriptedEngine(GREEDY), SingleSample(), trace_path=path, checkpoint_sha256="ab" * 32)
     assert path.read_bytes() == before  # nothing was appended
@@ -133,14 +137,21 @@ def test_bad_problem_lists():
         evaluate([PROBLEMS[0], PROBLEMS[0]], ScriptedEngine(GREEDY), SingleSample())
 
 
-def test_real_tiny_gpt_writes_well_formed_records(tmp_path):
+def _tiny():
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_preset("gpt2-tiny", vocab_size=257, context_length=256))
-    problems = load_problems("synthetic:level=1,n=4,seed=7,split=eval")
-    engine = Engine(model, TOK, template="synthetic", max_new_tokens=8, batch_size=8, stop_strings=["\nQuestion:"])
+    return GPT(ModelConfig.from_preset("gpt2-tiny", vocab_size=257, context_length=256)).eval()
+
+
+SYNTH = "synthetic:level=1,n=6,seed=7,split=eval"
+SAMPLED = make_pipeline("sc", n=3, temperature=1.0, seed=1, max_new_tokens=8, stop=("\nQuestion:",))
+
+
+def test_real_tiny_gpt_writes_well_formed_records(tmp_path):
+    problems = load_problems(SYNTH)[:4]
+    engine = ProblemEngine(_tiny(), TOK, template="synthetic", batch_size=8)
     path = tmp_path / "real.jsonl"
-    rep = evaluate(problems, engine, SelfConsistency(n=2, temperature=1.0, seed=1), trace_path=path,
-                   source="synthetic:level=1,n=4,seed=7,split=eval")
+    pipe = make_pipeline("sc", n=2, temperature=1.0, seed=1, max_new_tokens=8, stop=("\nQuestion:",))
+    rep = evaluate(problems, engine, pipe, trace_path=path, source=SYNTH)
     header, records = read_traces(path)
     assert header["config"]["engine"]["template"] == "synthetic"
     assert len(records) == 8 and rep.summary.n == 4 and 0.0 <= rep.summary.accuracy <= 1.0
@@ -152,6 +163,27 @@ def test_real_tiny_gpt_writes_well_formed_records(tmp_path):
         assert r.extraction_method in {"boxed", "fbox", "last_number", "none"}
         assert (r.extracted is None) == (r.extraction_method == "none")
         assert r.metadata["n_samples"] == 2 and r.metadata["level"] == 1
-        assert r.metadata["finish_reason"] in {"stop", "length", "stop_string"}
+        assert r.metadata["finish_reason"] in {"stop", "length"}
         assert "solution" not in r.metadata
     assert sum(r.metadata["final"] for r in records) == 4
+
+
+def _samples(path):
+    return {(r.problem_id, r.sample_index): (r.completion, r.tokens) for r in read_traces(path)[1]}
+
+
+def test_rechunked_and_resumed_sampled_runs_draw_identical_samples(tmp_path):
+    problems = load_problems(SYNTH)
+    model = _tiny()
+    whole = tmp_path / "whole.jsonl"
+    evaluate(problems, ProblemEngine(model, TOK, template="synthetic", batch_size=16), SAMPLED, trace_path=whole,
+             chunk_size=64)
+    # another batch size, chunks of one problem, and an interrupted run resumed in another order
+    part = tmp_path / "part.jsonl"
+    evaluate(problems[:2], ProblemEngine(model, TOK, template="synthetic", batch_size=2), SAMPLED, trace_path=part,
+             chunk_size=1)
+    rep = evaluate(problems[::-1], ProblemEngine(model, TOK, template="synthetic", batch_size=5), SAMPLED,
+                   trace_path=part, chunk_size=3)
+    assert rep.skipped == 2
+    assert _samples(part) == _samples(whole)
+    assert len(_samples(whole)) == 18 and len({c for c, _ in _samples(whole).values()}) > 6  # they really vary

@@ -52,6 +52,64 @@ def test_last_number_fallback(text, answer):
     assert extract_answer(text, fallback=False) is None
 
 
+# Unboxed LaTeX answers (review of issue 11): the fallback must return the whole expression the
+# last number belongs to, never the fragment the number is (the "fragment" column was graded
+# correct before).  Expected answers decided by hand.
+LATEX_FALLBACK = [
+    # (text, extracted answer, the old fragment, the value the answer equals)
+    ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}", "2", "0.5"),
+    ("$\\frac{3}{5}$", "\\frac{3}{5}", "5", "3/5"),
+    ("$x = 2^{10}$", "2^{10}", "10", "1024"),
+    ("$3\\sqrt{2}$", "3\\sqrt{2}", "2", "\\sqrt{18}"),
+    ("The answer is \\(-\\frac{7}{4}\\).", "-\\frac{7}{4}", "4", "-1.75"),
+    ("\\[ y = \\frac{\\pi}{6} \\]", "\\frac{\\pi}{6}", "6", "\\pi/6"),
+    ("Final Answer: The final answer is $\\dfrac{11}{36}$. I hope it is correct.", "\\dfrac{11}{36}", "36",
+     "11/36"),
+    ("so the answer is \\frac{1}{2}.", "\\frac{1}{2}", "2", "1/2"),
+    ("hence x=2^{10}.", "2^{10}", "10", "1024"),
+    ("so it is \\frac{1} {2}", "\\frac{1} {2}", "2", "1/2"),
+    ("$$\\pi \\approx 3.14$$", "3.14", "14", "3.14"),
+    ("$\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}$", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "2", "(1,2)"),
+    ("The answer is \u22123", "-3", "3", "-3"),                      # U+2212 minus sign
+    ("The answer is $\u22123$.", "-3", "3", "-3"),
+]
+
+
+@pytest.mark.parametrize("text,answer,fragment,value", LATEX_FALLBACK)
+def test_latex_fallback_takes_the_whole_expression(text, answer, fragment, value):
+    from spine.reasoning.grade import grade
+
+    assert extract(text) == Extraction(answer, "last_number")
+    assert grade(answer, value).correct
+    assert not grade(answer, fragment).correct
+
+
+MV_ROWS = [c for c in LATEX_FALLBACK if any(d in c[0] for d in ("$", "\\(", "\\["))
+           and "approx" not in c[0] and "pmatrix" not in c[0] and "\u2212" not in c[0]]
+
+
+@pytest.mark.parametrize("text,answer,fragment,value", MV_ROWS)
+def test_latex_fallback_agrees_with_math_verify(text, answer, fragment, value):
+    # math-verify extracts math spans from the same unboxed text independently.  Rows left out:
+    # LaTeX without delimiters and a bare unicode minus (it finds no answer there), "\\approx"
+    # (it keeps the first side; spine keeps the last, as Minerva's normaliser), a matrix.
+    assert len(MV_ROWS) == 7
+    mv = pytest.importorskip("math_verify")
+    assert mv.verify(mv.parse(text), mv.parse(f"\\boxed{{{answer}}}"))
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("I paid $5 and got $3 back, so 2 are left", "2"),     # money dollars around plain numbers
+    ("Let $x$ be the count; then the count is 7.", "7"),   # the number after the last span wins
+    ("pre $\\frac{1}{2}$ and then 9", "9"),
+    ("\\[ \\begin{aligned} a &= b \\\\ &= 5 \\end{aligned} \\]", "5"),  # aligned derivation: last number
+    ("it is {1}", "{1}"),
+    ("{{{{1", "1"),                                         # braces never balance: the number
+])
+def test_latex_fallback_edges(text, answer):
+    assert extract(text).answer == answer
+
+
 @pytest.mark.parametrize("text", ["", "no digits here", "<think>I think 5</think>", "<think>\\boxed{5}"])
 def test_no_answer(text):
     assert extract(text) == Extraction(None, "none")
@@ -93,6 +151,14 @@ def test_type_error():
     "<think>" + "a" * 1_000_000,
     "\\boxed" * 150_000,
     "-" * 1_000_000 + "5",
+    "$" * 1_000_000 + "1",                                   # math spans
+    "\\(" * 500_000 + "1",
+    "$1 " * 300_000,
+    "\\frac{1} " * 100_000 + "{2}",
+    "{" * 1_000_000 + "1",
+    "}" * 1_000_000 + "1",
+    "^ " * 500_000 + "1",
+    "\\$" * 500_000 + "$1",
 ])
 def test_linear_time_on_hostile_inputs(text):
     t0 = time.perf_counter()

@@ -286,7 +286,7 @@ def bad_inputs(run, tmp_path_factory):
         (out / name).mkdir()
         return str(fit_config(out / name / "c.yaml", out / name, kw.pop("cache", cache), **kw))
 
-    E = ["eval", "--checkpoint", ck, "--template", "plain", "--max_new_tokens", "4"]
+    E = ["eval", "--checkpoint", ck, "--template", "plain", "--sampling.max_new_tokens", "4"]
     cases: dict[str, tuple[list, str]] = {
         # spine eval: traces, problems, checkpoints
         "eval --traces on a one-line JSON file": (E + ["--problems", inp / "p_ok.json", "--traces", inp / "problems_copy.json"], "problems_copy.json exists and is not a spine trace file"),
@@ -295,9 +295,9 @@ def bad_inputs(run, tmp_path_factory):
         "eval gold answer empty": (E + ["--problems", inp / "p_empty.json"], "the gold answer is empty"),
         "eval gold lone surrogate": (E + ["--problems", inp / "p_surrogate.json"], "answer holds a lone surrogate"),
         "eval prompt longer than context": (E + ["--problems", inp / "p_long.json"], "does not fit the model's context of 32"),
-        "eval --top_k 0": (E + ["--problems", inp / "p_ok.json", "--top_k", "0"], "--top_k must be >= 1"),
-        "eval --top_p 0": (E + ["--problems", inp / "p_ok.json", "--top_p", "0"], "--top_p must be in (0, 1]"),
-        "eval --n 0": (E + ["--problems", inp / "p_ok.json", "--n", "0"], "--n must be >= 1"),
+        "eval --sampling.top_k 0": (E + ["--problems", inp / "p_ok.json", "--sampling.top_k", "0"], "top_k must be an integer >= 1"),
+        "eval --sampling.top_p 0": (E + ["--problems", inp / "p_ok.json", "--sampling.top_p", "0"], "top_p must be in (0, 1]"),
+        "eval --sampling.n 0": (E + ["--problems", inp / "p_ok.json", "--sampling.n", "0"], "n must be an integer >= 1"),
         "eval missing problems file": (E + ["--problems", inp / "nope.json"], "nope.json"),
         "eval checkpoint is a .ckpt": (["eval", "--checkpoint", last, "--problems", inp / "p_ok.json"], "spine consolidate"),
         "eval NaN weights": (["eval", "--checkpoint", inp / "ck_nan", "--problems", inp / "p_ok.json"], "'tok_emb.weight' holds 1 NaN/Inf"),
@@ -310,7 +310,7 @@ def bad_inputs(run, tmp_path_factory):
         "byte tokenizer in a GPT-2 vocab checkpoint": (["eval", "--checkpoint", inp / "ck_bytevocab", "--problems", inp / "p_ok.json"], "has 257 ids but the model's vocab_size is 50257"),
         "eval checkpoint missing": (["eval", "--checkpoint", inp / "nowhere", "--problems", inp / "p_ok.json"], "checkpoint directory not found"),
         # spine generate
-        "generate --top_k 0": (["generate", "--checkpoint", ck, "--prompt", "hi", "--top_k", "0"], "--top_k must be >= 1"),
+        "generate --sampling.top_k 0": (["generate", "--checkpoint", ck, "--prompt", "hi", "--sampling.top_k", "0"], "top_k must be an integer >= 1"),
         "generate --checkpoint x.ckpt": (["generate", "--checkpoint", last, "--prompt", "hi"], f"spine consolidate {last}"),
         "generate NaN weights": (["generate", "--checkpoint", inp / "ck_nan", "--prompt", "hi"], "NaN/Inf"),
         "generate bad YAML config": (["generate", "--config", inp / "bad.yaml"], "bad.yaml: invalid YAML at line 3"),
@@ -385,11 +385,11 @@ def test_at_least_forty_bad_inputs(bad_inputs):
 
 @pytest.mark.parametrize("name", [
     "eval --traces on a one-line JSON file", "eval --traces on a CSV without final newline", "eval gold answer null",
-    "eval gold answer empty", "eval gold lone surrogate", "eval prompt longer than context", "eval --top_k 0",
-    "eval --top_p 0", "eval --n 0", "eval missing problems file", "eval checkpoint is a .ckpt", "eval NaN weights",
+    "eval gold answer empty", "eval gold lone surrogate", "eval prompt longer than context", "eval --sampling.top_k 0",
+    "eval --sampling.top_p 0", "eval --sampling.n 0", "eval missing problems file", "eval checkpoint is a .ckpt", "eval NaN weights",
     "manifest lists /proc/self/environ", "manifest lists ../", "manifest lists a huge file",
     "config.json dropout '0.1'", "config.json norm_eps null", "config.json qk_norm 'false'",
-    "byte tokenizer in a GPT-2 vocab checkpoint", "eval checkpoint missing", "generate --top_k 0",
+    "byte tokenizer in a GPT-2 vocab checkpoint", "eval checkpoint missing", "generate --sampling.top_k 0",
     "generate --checkpoint x.ckpt", "generate NaN weights", "generate bad YAML config", "report a binary file",
     "report a problems file", "export-hf into a non-empty folder", "consolidate --overwrite over extra files",
     "consolidate a junk file", "consolidate a corrupted .ckpt", "--ckpt_path zero-byte file",

@@ -34,7 +34,7 @@ N_EVAL = 12
 REASONING = f"""
     - class_path: callbacks.ReasoningEval
       init_args: {{problems: "synthetic:level=1,n={N_EVAL},seed=123,split=eval", template: synthetic,
-                   max_new_tokens: 6, batch_size: 4}}"""
+                   sampling: {{max_new_tokens: 6, stop: ["\\nQuestion:"]}}, batch_size: 4}}"""
 
 
 @pytest.fixture(scope="module")

@@ -191,8 +191,8 @@ def test_sampling_frequencies_match_filtered_softmax(top_k, top_p, support):
     from spine.generation import filter_logits, sample_next
 
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).repeat(20000, 1)
-    g = torch.Generator().manual_seed(0)
-    draws = Counter(sample_next(logits, temperature=1.0, top_k=top_k, top_p=top_p, generator=g).tolist())
+    seeds = torch.arange(20000) * 7919  # the counter-based noise of 20k rows
+    draws = Counter(sample_next(logits, temperature=1.0, top_k=top_k, top_p=top_p, row_seeds=seeds).tolist())
     probs = filter_logits(logits[:1], temperature=1.0, top_k=top_k, top_p=top_p).softmax(-1)[0]
     assert set(draws) == set(range(support))
     for tok, p in enumerate(probs.tolist()):

@@ -302,6 +302,41 @@ CASES = [
     ("\\{1,2,3\\}", "(1,2,3)", F, "mismatch"),
     ("\\begin{pmatrix} 1 & 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", F, "mismatch"),
     ("3.5", "3\\frac{1}{2}", T, "exact_rational"),
+    # -- review of issue 11: sign-dependent identities need negative points -------------------------
+    ("|x|", "x", F, "mismatch"),
+    ("\\sqrt{x^2}", "x", F, "mismatch"),
+    ("\\frac{x}{|x|}", "1", F, "mismatch"),
+    ("\\log(x^2)", "2\\log x", F, "mismatch"),
+    ("\\sqrt{x}\\sqrt{y}", "\\sqrt{xy}", F, "mismatch"),   # differs where x, y < 0
+    ("\\sqrt{x^2}", "|x|", T, "symbolic"),
+    ("\\log(x^2)", "2\\log|x|", T, "symbolic"),
+    ("x^{1/3}", "\\sqrt[3]{x}", T, "symbolic"),              # real odd root on both sides
+    ("(-8)^{1/3}", "-2", T, "exact_rational"),
+    ("\\frac{x^2-1}{x-1}", "x+1", T, "symbolic"),
+    # -- review of issue 11: lists are never numbers; thousands only when correctly grouped -----------
+    ("1, 100", "1100", F, "mismatch"),
+    ("100, 1", "1, 100", T, "list"),                        # bare lists are unordered (as math-verify)
+    ("(100, 1)", "(1, 100)", F, "mismatch"),                # tuples are ordered
+    ("1,100", "1100", T, "normalized_string"),              # no space: a thousands separator
+    ("12345,678", "12345678", F, "mismatch"),               # not a grouping: a list
+    ("1,000,000", "1000000", T, "normalized_string"),
+    # -- review of issue 11: subscripts are variables, not number bases -------------------------------------
+    ("a_1", "a", F, "mismatch"),
+    ("x_0", "x", F, "mismatch"),
+    ("a_{12}", "a", F, "mismatch"),
+    ("a_1", "a_{1}", T, N),
+    ("a_1+a_2", "a_2+a_1", T, "symbolic"),
+    ("1A_{11}", "1a_{11}", T, "base"),
+    # -- review of issue 11: huge values, temperatures ---------------------------------------------------------
+    ("(1+\\frac{1}{10^{20}})^{10^{20}}", "1", F, "mismatch"),  # it is e(1 - 5e-21), not 1
+    ("1.5e9999", "1", F, "too_large"),
+    ("1.5e-9999", "0", F, "too_large"),
+    ("2.5e3", "2500", T, "exact_rational"),
+    ("36^\\circ\\text{C}", "36", T, "normalized_string"),
+    ("36^\\circ C", "36", T, "normalized_string"),
+    ("98.6°F", "98.6", T, "normalized_string"),
+    ("20 degrees Celsius", "20", T, "normalized_string"),
+    ("36^\\circ\\text{C}", "37", F, "mismatch"),
     # -- no answer / unparseable -----------------------------------------------------------------------------------------
     (None, "5", F, "no_answer"),
     ("", "5", F, "no_answer"),
@@ -368,3 +403,33 @@ def test_math_verify_backend_missing_gives_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)  # simulates "not installed"
     with pytest.raises(ImportError, match="pip install math-verify"):
         grade("1", "1", backend="math-verify")
+
+
+# Pairs of the issue-11 review where math-verify (sympy, symbols over the complex numbers) is an
+# independent reference: spine must give the same verdict.
+MATH_VERIFY_REFERENCE = [
+    ("|x|", "x"), ("\\sqrt{x^2}", "x"), ("\\frac{x}{|x|}", "1"), ("\\log(x^2)", "2\\log x"),
+    ("\\sqrt{x}\\sqrt{y}", "\\sqrt{xy}"), ("x^{1/3}", "\\sqrt[3]{x}"), ("1, 100", "1100"),
+    ("100, 1", "1, 100"), ("1,100", "1100"), ("a_1", "a"), ("x_0", "x"), ("a_{12}", "a"),
+    ("(1+\\frac{1}{10^{20}})^{10^{20}}", "1"), ("36^\\circ\\text{C}", "36"), ("x^2+2x+1", "(x+1)^2"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", MATH_VERIFY_REFERENCE)
+def test_review_pairs_agree_with_math_verify(pred, gold):
+    mv = pytest.importorskip("math_verify")
+    reference = bool(mv.verify(mv.parse(f"\\boxed{{{gold}}}"), mv.parse(f"\\boxed{{{pred}}}")))
+    assert grade(pred, gold).correct is reference
+
+
+def test_power_near_one_is_computed_accurately():
+    # (1 + 10^-20)^(10^20) leaves the exact range; the float path must not round the base to 1.
+    mpmath = pytest.importorskip("mpmath")
+    from spine.reasoning import mathexpr as mx
+    from spine.reasoning.normalize import normalize
+    for n in (10, 20, 40):
+        tree = mx.parse(normalize(f"(1+\\frac{{1}}{{10^{{{n}}}}})^{{10^{{{n}}}}}"))
+        got = mx.to_complex(mx.evaluate(tree, {}))
+        with mpmath.workdps(120):  # 1 + 10^-40 needs 40 digits before its own 15 count
+            want = float((1 + mpmath.mpf(10) ** -n) ** (mpmath.mpf(10) ** n))
+        assert got.imag == 0 and abs(got.real - want) < 1e-12, (n, got, want)

@@ -75,6 +75,37 @@ def test_prompt_length_and_truncation_policy():
     assert batch["targets"][0].tolist() == enc.ids[1:21]  # true next tokens, no end-of-text target
 
 
+@pytest.mark.parametrize("max_length", [5, 20, 40])
+def test_truncated_long_prompt_never_trains_on_prompt_tokens(max_length):
+    # A prompt longer than max_length: after the cut, every target predicts a prompt token, so
+    # all of them must be masked (the last one used to slip through).  Invariant checked from
+    # the uncut encoding: an unmasked target at column j is token j+1, which must be an output token.
+    tok = get_tokenizer("byte")
+    rec = {"instruction": "Say hi. " * 20, "input": "", "output": "hi"}
+    (full,) = encode_records([rec], tok)
+    assert full.prompt_len > max_length + 1  # the prompt alone overflows the cut
+    (cut,) = encode_records([rec], tok, max_length=max_length, truncate=True)
+    batch = collate([cut.ids], pad_id=tok.eos_id, prompt_lens=[cut.prompt_len], max_length=max_length)
+    targets = batch["targets"][0].tolist()
+    assert len(targets) == max_length
+    unmasked = [j for j, t in enumerate(targets) if t != -100]
+    assert all(j + 1 >= full.prompt_len for j in unmasked), unmasked
+    assert unmasked == []
+
+
+def test_truncation_inside_the_output_keeps_output_targets():
+    # The cut falls inside the output: prompt targets masked, output targets kept (true next tokens).
+    tok = get_tokenizer("byte")
+    rec = {"instruction": "Say hi.", "input": "", "output": "hello there, friend"}
+    (full,) = encode_records([rec], tok)
+    max_length = full.prompt_len + 5
+    (cut,) = encode_records([rec], tok, max_length=max_length, truncate=True)
+    batch = collate([cut.ids], pad_id=tok.eos_id, prompt_lens=[cut.prompt_len], max_length=max_length)
+    targets = batch["targets"][0].tolist()
+    expected = [-100 if j + 1 < full.prompt_len else full.ids[j + 1] for j in range(max_length)]
+    assert targets == expected
+
+
 def _write(tmp_path, obj, name="d.json"):
     p = tmp_path / name
     p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
@@ -105,6 +136,7 @@ def test_instruction_module_fit_two_steps_and_response_writer(tmp_path):
     from callbacks.responses import ResponseWriter
     from datamodules.instruction import InstructionDataModule
     from modules.instruction import InstructionModule
+    from spine.engine import Engine, SamplingParams
 
     dm = InstructionDataModule(_write(tmp_path, _records()), tokenizer="byte", batch_size=4, mask_prompt=True)
     assert dm.context_length == max(len(e.ids) for s in ("train", "val", "test") for e in dm.encoded(s))
@@ -115,7 +147,7 @@ def test_instruction_module_fit_two_steps_and_response_writer(tmp_path):
     model = InstructionModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=256, pad_id=dm.pad_id,
                               lr=1e-3, export_dir=str(tmp_path / "export"))
     writer = ResponseWriter(json_path=str(tmp_path / "r.json"), traces_path=str(tmp_path / "r.jsonl"),
-                            max_new_tokens=4, limit=3)
+                            sampling=SamplingParams(max_new_tokens=4), limit=3)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, val_check_interval=2,
                         default_root_dir=tmp_path, callbacks=[writer])
@@ -127,6 +159,10 @@ def test_instruction_module_fit_two_steps_and_response_writer(tmp_path):
 
     header, recs = read_traces(tmp_path / "r.jsonl")
     assert len(recs) == 3 and recs[0].prompt.endswith("### Response:\n") and recs[0].gold == out[0]["output"]
+    # the responses are the engine's greedy completions of the trained model
+    expected = Engine(model.model, dm.tokenizer).generate([r.prompt for r in recs], SamplingParams(max_new_tokens=4))
+    assert [r.completion for r in recs] == [row[0].text for row in expected]
+    assert [r.tokens for r in recs] == [row[0].generated_tokens for row in expected]
     from spine.checkpoint import load_checkpoint
 
     loaded, tok = load_checkpoint(tmp_path / "export")

@@ -1,68 +1,60 @@
-"""Reasoning pipelines: majority vote, self-consistency batching, single sample, costs, Engine errors.
+"""Reasoning pipelines: majority vote, self-consistency, single sample, costs, ProblemEngine errors.
 
-`spine.reasoning.pipelines.generate` is replaced by a scripted fake, so these tests check the
-pipeline logic (how many samples, in how many calls, which answer wins) without a model.
+`spine.reasoning.pipelines.Engine` (the one decode loop) is replaced by a scripted fake, so these
+tests check the pipeline logic (how many samples, with which settings and keys, which answer wins)
+without a model; tests/test_engine.py checks the engine itself.
 """
 from __future__ import annotations
 
-import types
 import pytest
 
-from spine.generation import GenerationOutput
+from spine.engine import Completion, SamplingParams
 from spine.reasoning import pipelines
-from spine.reasoning.pipelines import Engine, SelfConsistency, SingleSample, make_pipeline, majority_vote
+from spine.reasoning.pipelines import ProblemEngine, SelfConsistency, SingleSample, make_pipeline, majority_vote
 from spine.reasoning.problems import Problem
 from spine.tokenizer import get_tokenizer
 
 TOK = get_tokenizer("byte")
 
 
-class ScriptedGenerate:
-    """Stands in for `spine.generation.generate`: each prompt gets the next text of its script."""
+class ScriptedEngine:
+    """Stands in for `spine.engine.Engine`: each prompt's samples are the next texts of its script."""
 
     def __init__(self, scripts: dict[str, list[str]]):
         self.scripts = {k: list(v) for k, v in scripts.items()}
-        self.calls: list[dict] = []  # one entry per call: rows, kwargs
+        self.calls: list[dict] = []  # one entry per call: prompts, params, keys, kwargs
 
-    def __call__(self, model, prompts, **kw):
-        texts = []
-        for ids in prompts:
-            prompt = TOK.decode(ids)
+    def __call__(self, model, tokenizer, **kw):  # the constructor ProblemEngine calls
+        self.engine_kwargs = kw
+        return self
+
+    def generate(self, prompts, params, *, keys=None, **kw):
+        self.calls.append({"prompts": list(prompts), "params": params, "keys": list(keys), **kw})
+        out = []
+        for prompt in prompts:
             question = prompt.split("Question: ", 1)[1].split("\n", 1)[0]
-            texts.append(self.scripts[question].pop(0))
-        self.calls.append({"rows": [TOK.decode(p) for p in prompts], **kw})
-        tokens = [TOK.encode(t) for t in texts]
-        return GenerationOutput(tokens, [[0.0] * len(t) for t in tokens], ["length"] * len(tokens),
-                                [list(p) for p in prompts], [{TOK.eos_id}] * len(tokens))
+            row = []
+            for j in range(params.n):
+                text = self.scripts[question].pop(0)
+                ids = TOK.encode(text)
+                row.append(Completion(text, ids, [0.0] * len(ids), "length", len(TOK.encode(prompt)), len(ids), j,
+                                      0.25))
+            out.append(row)
+        return out
 
 
 @pytest.fixture
 def fake(monkeypatch):
     def install(scripts):
-        gen = ScriptedGenerate(scripts)
-        monkeypatch.setattr(pipelines, "generate", gen)
+        gen = ScriptedEngine(scripts)
+        monkeypatch.setattr(pipelines, "Engine", gen)
         return gen
     return install
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    """A clock that advances exactly 1 s per reading pair: every generate call "takes" 1 s."""
-    state = {"t": 0.0, "reads": 0}
-
-    def perf_counter():
-        state["reads"] += 1
-        if state["reads"] % 2 == 0:
-            state["t"] += 1.0
-        return state["t"]
-
-    monkeypatch.setattr(pipelines, "time", types.SimpleNamespace(perf_counter=perf_counter))
-    return state
-
-
-def _engine(**kw) -> Engine:
+def _engine(**kw) -> ProblemEngine:
     kw.setdefault("template", "synthetic")
-    return Engine(None, TOK, **kw)
+    return ProblemEngine(None, TOK, **kw)
 
 
 PROBLEMS = [Problem("a", "half of one?", "1/2"), Problem("b", "two plus two?", "4"),
@@ -99,21 +91,21 @@ def test_ties_are_reported_and_go_to_the_first_seen_group():
 
 
 # ----------------------------------------------------------------------------- self-consistency
-def test_self_consistency_draws_n_per_problem_in_one_batched_call(fake):
+def test_self_consistency_draws_n_per_problem_in_one_call_keyed_by_problem_id(fake):
     gen = fake({
         "half of one?": ["\\boxed{0.5}", "\\boxed{3}", "\\boxed{\\frac12}", "no idea", "\\boxed{1/2}"],
         "two plus two?": ["\\boxed{5}", "\\boxed{5}", "\\boxed{4}", "\\boxed{4}", "\\boxed{3}"],  # tie 5 vs 4
         "three times three?": ["nothing", "still nothing", "no", "none", "hm"],
     })
-    sc = SelfConsistency(n=5, temperature=0.7, top_k=20, seed=3)
+    sc = make_pipeline("sc", n=5, temperature=0.7, top_k=20, seed=3)
     results = sc.run(_engine(batch_size=64), PROBLEMS)
     assert len(gen.calls) == 1
     call = gen.calls[0]
-    assert len(call["rows"]) == 15
-    # rows are grouped per problem: five copies of problem a's prompt, then b's, then c's
-    assert [r.split("Question: ")[1].split("\n")[0] for r in call["rows"]] == \
-        ["half of one?"] * 5 + ["two plus two?"] * 5 + ["three times three?"] * 5
-    assert call["temperature"] == 0.7 and call["top_k"] == 20 and call["seed"] == 3
+    # one prompt per problem; the engine draws the n samples from one prefill
+    assert [r.split("Question: ")[1].split("\n")[0] for r in call["prompts"]] == \
+        ["half of one?", "two plus two?", "three times three?"]
+    assert call["params"] == SamplingParams(temperature=0.7, top_k=20, seed=3, n=5)
+    assert call["keys"] == ["a", "b", "c"]  # noise keyed by problem id: chunks and resumes draw the same samples
     a, b, c = results
     assert [len(r.samples) for r in results] == [5, 5, 5]
     assert a.answer == "0.5" and a.final_index == 0 and a.correct and a.vote["winner_votes"] == 3
@@ -122,75 +114,62 @@ def test_self_consistency_draws_n_per_problem_in_one_batched_call(fake):
     assert c.answer is None and not c.correct and c.rule == "no_answer"
 
 
-def test_self_consistency_splits_into_batches_but_keeps_n(fake):
-    gen = fake({p.prompt: [f"\\boxed{{{p.answer}}}"] * 4 for p in PROBLEMS})
-    results = SelfConsistency(n=4, seed=0).run(_engine(batch_size=5), PROBLEMS)
-    assert [len(c["rows"]) for c in gen.calls] == [5, 5, 2]
-    assert [c["seed"] for c in gen.calls] == [0, 5, 10]  # batches draw different noise
-    assert all(r.correct and len(r.samples) == 4 for r in results)
+def test_make_pipeline_sampling_defaults_and_overrides():
+    shared = SamplingParams(max_new_tokens=40, stop=("\nQuestion:",))
+    sc = make_pipeline("sc", sampling=shared)
+    assert sc.sampling == SamplingParams(temperature=0.8, n=8, max_new_tokens=40, stop=("\nQuestion:",))
+    sc = make_pipeline("self_consistency", sampling=shared, n=5, temperature=0.7)
+    assert (sc.sampling.n, sc.sampling.temperature, sc.sampling.max_new_tokens) == (5, 0.7, 40)
+    greedy = make_pipeline("greedy", sampling=shared)
+    assert greedy.sampling == shared and isinstance(greedy, SingleSample)
+    assert SelfConsistency().sampling == SamplingParams(temperature=0.8, n=8)
 
 
 def test_single_sample_is_greedy_and_graded(fake):
     gen = fake({"half of one?": ["so \\boxed{\\dfrac{1}{2}}"], "two plus two?": ["it is 4"],
                 "three times three?": ["\\boxed{6}"]})
     results = SingleSample().run(_engine(), PROBLEMS)
-    assert len(gen.calls) == 1 and gen.calls[0]["temperature"] == 0.0
+    assert len(gen.calls) == 1 and gen.calls[0]["params"].temperature == 0.0 and gen.calls[0]["params"].n == 1
     assert [r.answer for r in results] == ["\\dfrac{1}{2}", "4", "6"]
     assert [r.correct for r in results] == [True, True, False]
     assert [r.samples[0].method for r in results] == ["boxed", "last_number", "boxed"]
     assert all(r.final_index == 0 and len(r.samples) == 1 for r in results)
 
 
-def test_costs_add_up(fake, clock):
+def test_costs_add_up(fake):
     texts = {"half of one?": ["\\boxed{1/2}", "ab"], "two plus two?": ["\\boxed{4}", "abcdef"],
              "three times three?": ["\\boxed{9}", ""]}
     fake(texts)
-    results = SelfConsistency(n=2).run(_engine(batch_size=4), PROBLEMS)  # 6 samples: calls of 4 and 2
+    results = make_pipeline("sc", n=2).run(_engine(batch_size=4), PROBLEMS)
     for r in results:
-        assert r.tokens == sum(s.completion.tokens for s in r.samples)
+        assert r.tokens == sum(s.completion.generated_tokens for s in r.samples)
     assert [r.tokens for r in results] == [11 + 2, 9 + 6, 9 + 0]
-    # each call "took" 1 s, shared by its rows: 4 rows at 0.25 s, then 2 rows at 0.5 s
-    assert [s.completion.seconds for r in results for s in r.samples] == [0.25, 0.25, 0.25, 0.25, 0.5, 0.5]
-    assert sum(r.seconds for r in results) == pytest.approx(2.0)
+    assert [r.seconds for r in results] == [0.5, 0.5, 0.5]
+    assert results[0].prompt_tokens == 2 * len(TOK.encode("Question: half of one?\nAnswer:"))
 
 
-# ----------------------------------------------------------------------------- Engine
+# ----------------------------------------------------------------------------- ProblemEngine
 def test_engine_errors():
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        Engine(None, None)
+        ProblemEngine(None, None)
     with pytest.raises(ValueError, match=r"unknown prompt template 'nope'; known templates: math, math_cot, plain, "
                                          r"synthetic"):
-        Engine(None, TOK, template="nope")
+        ProblemEngine(None, TOK, template="nope")
     with pytest.raises(ValueError, match="chat template"):
-        Engine(None, TOK, chat=True)
+        ProblemEngine(None, TOK, chat=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        ProblemEngine(None, TOK, batch_size=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        Engine(None, TOK, max_new_tokens=0)
+        make_pipeline("greedy", max_new_tokens=0)
     with pytest.raises(ValueError, match="unknown pipeline 'beam'"):
         make_pipeline("beam")
-    with pytest.raises(ValueError, match="n must be >= 1"):
-        SelfConsistency(n=0)
-
-
-def test_stop_strings_cut_at_the_earliest(fake):
-    gen = fake({"half of one?": ["\\boxed{1/2}\nQuestion: more\n\nAnswer: 7"], "two plus two?": ["4 and 5"],
-                "three times three?": ["Answer: \\boxed{9}"]})
-    eng = _engine(stop_strings=["\n\n", "\nQuestion:"])
-    comps = eng.complete([eng.prompt_for(p) for p in PROBLEMS])
-    assert [c.text for c in comps] == ["\\boxed{1/2}", "4 and 5", "Answer: \\boxed{9}"]
-    assert [c.finish_reason for c in comps] == ["stop_string", "length", "length"]
-    assert comps[0].tokens == len(TOK.encode("\\boxed{1/2}\nQuestion: more\n\nAnswer: 7"))  # the fake's tokens
-    # the engine hands generate a host-side test that ends a row once its text holds a stop string
-    stop_when = gen.calls[-1]["stop_when"]
-    assert stop_when(TOK.encode("\\boxed{1/2}\nQuestion")) is False
-    assert stop_when(TOK.encode("\\boxed{1/2}\nQuestion:")) is True
-    assert stop_when(TOK.encode("4 and 5\n\n")) is True
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        make_pipeline("sc", n=0)
 
 
 def test_engine_settings_and_prompt():
-    eng = _engine(max_new_tokens=12, stop_strings=["\nQuestion:"])
+    eng = _engine()
     assert eng.prompt_for(PROBLEMS[1]) == "Question: two plus two?\nAnswer:"
-    assert eng.settings() == {"template": "synthetic", "chat": False, "enable_thinking": False,
-                              "max_new_tokens": 12, "stop_strings": ["\nQuestion:"],
-                              "batch_size": eng.batch_size}
-    assert SelfConsistency(n=3, temperature=0.5).config() == {
-        "pipeline": "self_consistency", "n": 3, "temperature": 0.5, "top_k": None, "top_p": None, "seed": 0}
+    assert eng.settings() == {"template": "synthetic", "chat": False, "enable_thinking": False}
+    assert SelfConsistency(SamplingParams(n=3, temperature=0.5)).config() == {
+        "pipeline": "self_consistency", "sampling": SamplingParams(n=3, temperature=0.5).to_dict()}

@@ -202,13 +202,28 @@ def write_sc_trace(path):
 
 
 def test_majority_vote_rules():
-    assert majority_vote(["3", "5", "5", "7"]) == 1
-    assert majority_vote(["3", "5"]) == 0  # tie -> earliest group
-    assert majority_vote([None, None]) is None
-    assert majority_vote(["0.5", "1/2", "3", "3"]) == 2
+    assert majority_vote(["3", "5", "5", "7"])[0] == 1
+    assert majority_vote(["3", "5"])[0] == 0  # tie -> earliest group
+    assert majority_vote([None, None])[0] is None
+    assert majority_vote(["0.5", "1/2", "3", "3", "3"], equivalent=None)[0] == 2  # text only
     same = {frozenset({"0.5", "1/2"})}
     eq = lambda a, b: a == b or frozenset({a, b}) in same  # noqa: E731
-    assert majority_vote(["0.5", "1/2", "1/2", "3", "3"], equivalent=eq) == 0
+    assert majority_vote(["0.5", "1/2", "1/2", "3", "3"], equivalent=eq)[0] == 0
+    # by default the grader's equivalence pools "0.5" and "1/2", as the self-consistency pipeline does
+    assert majority_vote(["3", "0.5", "1/2"])[0] == 1
+
+
+def test_report_votes_with_the_graders_equivalence(tmp_path):
+    """`python -m spine.reasoning.report` used to vote on text alone: "3" won a three-way tie there
+    while the pipeline pooled "0.5" and "1/2" and was right."""
+    path = tmp_path / "sc.jsonl"
+    with TraceWriter(path, run_config=CONFIG) as w:
+        for i, (ans, ok) in enumerate([("3", False), ("0.5", True), ("1/2", True)]):
+            w.write(rec(w, "p0", i, correct=ok, extracted=ans, n_samples=3))
+    _, records = read_traces(path)
+    assert accuracy_at_k(records, ks=[3]) == {3: 1.0}
+    assert accuracy_at_k(records, ks=[3], equivalent=None) == {3: 0.0}
+    assert "| accuracy | 0.0% | 0.0% | 100.0% |" in report([path], print_it=False)  # k=2: a tie, "3" first
     assert sample_counts(4) == [1, 2, 4] and sample_counts(6) == [1, 2, 4, 6] and sample_counts(1) == [1]
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..traces import TraceWriter, read_traces, summarize, Summary
-from .pipelines import Engine, Pipeline, ProblemResult
+from ..engine import hf_path
+from ..traces import Summary, TraceRecord, TraceWriter, config_hash, final_records, read_traces, summarize
+from .pipelines import Pipeline, ProblemEngine, ProblemResult
 from .problems import Problem
 
 
@@ -27,7 +28,7 @@ class EvalReport:
     skipped: int                          # problems already in the trace file
 
 
-def run_config(engine: Engine, pipeline: Pipeline, *, source: str, checkpoint_sha256: str | None,
+def run_config(engine: ProblemEngine, pipeline: Pipeline, *, source: str, checkpoint_sha256: str | None,
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What determines the numbers of a run; its hash guards trace files against mixing."""
     cfg = {"source": source, "checkpoint_sha256": checkpoint_sha256, "engine": engine.settings(),
@@ -44,12 +45,12 @@ def checkpoint_identity(spec: str | Path) -> str:
     """sha256 naming the weights of `spec` for a run config: a spine checkpoint directory (the
     sha256 of its manifest, which lists every file's hash) or "hf:PATH" (sha256 over the names
     and contents of the directory's config/weight/tokenizer files; slow only for huge models)."""
-    s = str(spec)
-    if not s.startswith("hf:"):
+    hf = hf_path(str(spec))
+    if hf is None:
         from ..checkpoint import checkpoint_sha256
 
-        return checkpoint_sha256(s)
-    root = Path(s[3:]).expanduser()
+        return checkpoint_sha256(str(spec))
+    root = Path(hf).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"HF checkpoint directory not found: {root}")
     h = hashlib.sha256()
@@ -72,29 +73,114 @@ def source_identity(source: str | Path) -> tuple[str, dict[str, Any]]:
     return str(source), {}
 
 
-def result_records(writer: TraceWriter, r: ProblemResult, pipeline: Pipeline, checkpoint_sha: str | None):
-    """The trace records of one problem's result (one per sample; the chosen one flagged final)."""
-    n = len(r.samples)
-    for i, s in enumerate(r.samples):
-        meta = dict(r.problem.metadata)
-        meta.pop("solution", None)  # long and not needed to reproduce the number
-        meta.update({"pipeline": pipeline.name, "n_samples": n, "final": i == r.final_index,
-                     "finish_reason": s.completion.finish_reason})
-        if i == r.final_index:
-            meta.update({"vote": r.vote, "chosen_answer": r.answer, "chosen_correct": r.correct,
-                         "problem_tokens": r.tokens, "problem_seconds": r.seconds})
-        yield writer.make_record(
-            checkpoint_sha256=checkpoint_sha, problem_id=r.problem.id, sample_index=i, prompt=r.prompt,
-            completion=s.completion.text, extracted=s.answer, extraction_method=s.method, gold=r.problem.answer,
-            # the final record carries the pipeline's verdict (for a vote: the chosen answer's)
-            correct=r.correct if i == r.final_index else s.verdict.correct,
-            rule=r.rule if i == r.final_index else s.verdict.rule,
-            tokens=s.completion.tokens, seconds=s.completion.seconds, metadata=meta)
+def result_records(results: Sequence[ProblemResult], pipeline: Pipeline, *, run_id: str, config_hash: str,
+                   checkpoint_sha256: str | None) -> list[TraceRecord]:
+    """The trace records of pipeline results: one per sample, the chosen one flagged final."""
+    out = []
+    for r in results:
+        n = len(r.samples)
+        for i, s in enumerate(r.samples):
+            c = s.completion
+            meta = dict(r.problem.metadata)
+            meta.pop("solution", None)  # long and not needed to reproduce the number
+            meta.update({"pipeline": pipeline.name, "n_samples": n, "final": i == r.final_index,
+                         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens})
+            if c.stop_reason is not None:
+                meta["stop_reason"] = c.stop_reason
+            if i == r.final_index:
+                meta.update({"vote": r.vote, "chosen_answer": r.answer, "chosen_correct": r.correct,
+                             "problem_tokens": r.tokens, "problem_seconds": r.seconds})
+            out.append(TraceRecord(
+                run_id=run_id, config_hash=config_hash, checkpoint_sha256=checkpoint_sha256,
+                problem_id=r.problem.id, sample_index=i, prompt=r.prompt, completion=c.text, extracted=s.answer,
+                extraction_method=s.method, gold=r.problem.answer,
+                # the final record carries the pipeline's verdict (for a vote: the chosen answer's)
+                correct=r.correct if i == r.final_index else s.verdict.correct,
+                rule=r.rule if i == r.final_index else s.verdict.rule,
+                tokens=c.generated_tokens, seconds=c.seconds, metadata=meta))
+    return out
+
+
+class EvalWriter:
+    """The one writer of evaluation traces: every evaluation path (`evaluate`, `evaluate_sharded`,
+    `ReasoningEvalModule`) opens, resumes, writes and summarises through it.
+
+    With a path it wraps a `TraceWriter` (a file of another run config is refused, the same config
+    resumes); without one it keeps the records in memory. Use as a context manager or `close()`.
+    """
+
+    def __init__(self, path: str | Path | None, run_config: Mapping[str, Any], *,
+                 checkpoint_sha256: str | None = None):
+        self.path = Path(path) if path is not None else None
+        self.checkpoint_sha256 = checkpoint_sha256
+        self._trace = TraceWriter(self.path, run_config=run_config) if self.path is not None else None
+        self.run_id = self._trace.run_id if self._trace else "memory"
+        self.config_hash = self._trace.config_hash if self._trace else config_hash(run_config)
+        self.resumed = bool(self._trace and self._trace.resumed)
+        self._memory: list[TraceRecord] = []
+
+    def done_ids(self) -> set[str]:
+        """Problems already complete (resume skips them)."""
+        return self._trace.done_ids() if self._trace else set()
+
+    def recorded_verdicts(self) -> dict[str, bool]:
+        """problem id -> the recorded verdict of its answer, for problems in the file."""
+        return {pid: bool(r.correct) for pid, r in final_records(self.records()).items()}
+
+    def records_of(self, results: Sequence[ProblemResult], pipeline: Pipeline) -> list[TraceRecord]:
+        return result_records(results, pipeline, run_id=self.run_id, config_hash=self.config_hash,
+                              checkpoint_sha256=self.checkpoint_sha256)
+
+    def write(self, records: Sequence[TraceRecord]) -> None:
+        """Append records (durably, when writing a file)."""
+        for rec in records:
+            if self._trace:
+                self._trace.write(rec)
+            else:
+                self._memory.append(rec)
+
+    def write_results(self, results: Sequence[ProblemResult], pipeline: Pipeline) -> None:
+        self.write(self.records_of(results, pipeline))
+
+    def write_gathered(self, parts: Sequence[Sequence[Mapping[str, Any]]], order: Sequence[str]) -> None:
+        """Write records gathered from every rank (lists of `TraceRecord.to_dict()`), in problem order."""
+        rank = {pid: i for i, pid in enumerate(order)}
+        recs = sorted((TraceRecord.from_dict(d) for part in parts for d in part),
+                      key=lambda r: (rank.get(r.problem_id, -1), r.sample_index))
+        self.write(recs)
+
+    def records(self) -> list[TraceRecord]:
+        """Everything recorded so far (a file's records include those of earlier, resumed runs)."""
+        if self._trace is None:
+            return list(self._memory)
+        return read_traces(self.path)[1]
+
+    def summary(self, problem_ids: Iterable[str] | None = None) -> Summary:
+        """Summary over the recorded problems (only `problem_ids` when given)."""
+        return summarize_traces(self.records(), problem_ids)
+
+    def close(self) -> None:
+        if self._trace:
+            self._trace.close()
+
+    def __enter__(self) -> "EvalWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def summarize_traces(records: Iterable[TraceRecord], problem_ids: Iterable[str] | None = None) -> Summary:
+    """`summarize` over the records of `problem_ids` (all when None)."""
+    if problem_ids is not None:
+        wanted = set(problem_ids)
+        records = [r for r in records if r.problem_id in wanted]
+    return summarize(records)
 
 
 def evaluate(
     problems: Sequence[Problem],
-    engine: Engine,
+    engine: ProblemEngine,
     pipeline: Pipeline,
     *,
     trace_path: str | Path | None = None,
@@ -109,71 +195,43 @@ def evaluate(
     The run config (see `run_config`; `extra` holds anything else that changes the numbers, e.g.
     the problems file's sha256) is hashed into the trace header: reopening the same file resumes,
     skipping problems already complete, and a file of another config raises ValueError.
-    Problems are processed in chunks of `chunk_size` so an interrupted run loses at most one chunk.
+    Problems are processed in chunks of `chunk_size` so an interrupted run loses at most one chunk;
+    samples depend on problem ids, not on chunks, so a resumed run draws what the full run would.
     The summary covers every problem in `problems`, resumed ones included.
     """
     if chunk_size < 1:
         raise ValueError(f"evaluate: chunk_size must be >= 1, got {chunk_size}")
+    ids = _check_ids(problems)
+    cfg = run_config(engine, pipeline, source=source, checkpoint_sha256=checkpoint_sha256, extra=extra)
+    results: list[ProblemResult] = []
+    with EvalWriter(trace_path, cfg, checkpoint_sha256=checkpoint_sha256) as out:
+        done = out.done_ids()
+        todo = [p for p in problems if p.id not in done]
+        skipped = len(problems) - len(todo)
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            res = pipeline.run(engine, chunk)
+            results.extend(res)
+            out.write_results(res, pipeline)
+            if progress is not None:
+                progress(skipped + start + len(chunk), len(problems))
+        summary = out.summary(ids)
+    return EvalReport(summary, results, Path(trace_path) if trace_path else None, skipped)
+
+
+def _check_ids(problems: Sequence[Problem]) -> list[str]:
     if not problems:
         raise ValueError("evaluate: no problems given")
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"evaluate: duplicate problem ids {dup}; traces key samples by problem id")
-    writer = None
-    todo = list(problems)
-    skipped = 0
-    if trace_path is not None:
-        cfg = run_config(engine, pipeline, source=source, checkpoint_sha256=checkpoint_sha256, extra=extra)
-        writer = TraceWriter(trace_path, run_config=cfg)
-        done = writer.done_ids()
-        todo = [p for p in problems if p.id not in done]
-        skipped = len(problems) - len(todo)
-    results: list[ProblemResult] = []
-    try:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start:start + chunk_size]
-            out = pipeline.run(engine, chunk)
-            results.extend(out)
-            if writer is not None:
-                for r in out:
-                    for rec in result_records(writer, r, pipeline, checkpoint_sha256):
-                        writer.write(rec)
-            if progress is not None:
-                progress(skipped + start + len(chunk), len(problems))
-    finally:
-        if writer is not None:
-            writer.close()
-    if trace_path is not None:
-        _, records = read_traces(trace_path)
-        wanted = set(ids)
-        summary = summarize([r for r in records if r.problem_id in wanted])
-    else:
-        summary = summarize(_in_memory_records(results, pipeline))
-    return EvalReport(summary, results, Path(trace_path) if trace_path else None, skipped)
-
-
-def _in_memory_records(results: Sequence[ProblemResult], pipeline: Pipeline):
-    class _W:  # a writer stand-in that only builds records
-        run_id, config_hash = "memory", "memory"
-
-        @staticmethod
-        def make_record(**f):
-            from ..traces import TraceRecord
-
-            f.setdefault("run_id", "memory")
-            f.setdefault("config_hash", "memory")
-            return TraceRecord(**f)
-
-    out = []
-    for r in results:
-        out.extend(result_records(_W, r, pipeline, None))
-    return out
+    return ids
 
 
 def evaluate_sharded(
     problems: Sequence[Problem],
-    engine: Engine,
+    engine: ProblemEngine,
     pipeline: Pipeline,
     *,
     rank: int,
@@ -192,39 +250,22 @@ def evaluate_sharded(
     are gathered to rank 0 (`gather(obj)` returns the list of every rank's obj on rank 0), which
     writes them in problem order and summarises. Returns the same `Summary` on every rank
     (`broadcast(obj)` sends rank 0's obj to all). The collectives are passed in, so any launcher works.
+    Samples depend on problem ids only, so the world size does not change them.
     """
+    ids = _check_ids(problems)
     cfg = run_config(engine, pipeline, source=source, checkpoint_sha256=checkpoint_sha256, extra=extra)
-    writer = TraceWriter(trace_path, run_config=cfg) if (rank == 0 and trace_path is not None) else None
-    header = (writer.run_id, writer.config_hash, writer.done_ids()) if writer is not None else ("memory", "memory", set())
+    out = EvalWriter(trace_path if rank == 0 else None, cfg, checkpoint_sha256=checkpoint_sha256)
     try:
-        run_id, chash, done = broadcast(header)
+        run_id, chash, done = broadcast((out.run_id, out.config_hash, out.done_ids()) if rank == 0 else None)
+        out.run_id, out.config_hash = run_id, chash  # every rank stamps its records for rank 0's file
         todo = [p for p in problems if p.id not in done]
-        results = pipeline.run(engine, todo[rank::world_size]) if todo[rank::world_size] else []
-
-        class _Stamp:  # builds records that rank 0's writer accepts
-            @staticmethod
-            def make_record(**f):
-                from ..traces import TraceRecord
-
-                return TraceRecord(run_id=run_id, config_hash=chash, **f)
-
-        mine = [rec.to_dict() for r in results for rec in result_records(_Stamp, r, pipeline, checkpoint_sha256)]
-        everything = gather(mine)
+        mine = todo[rank::world_size]
+        results = pipeline.run(engine, mine) if mine else []
+        everything = gather([rec.to_dict() for rec in out.records_of(results, pipeline)])
         summary = None
         if rank == 0:
-            from ..traces import TraceRecord
-
-            order = {p.id: i for i, p in enumerate(problems)}
-            records = sorted((TraceRecord.from_dict(d) for part in everything for d in part),
-                             key=lambda r: (order.get(r.problem_id, -1), r.sample_index))
-            if writer is not None:
-                for rec in records:
-                    writer.write(rec)
-                writer.close()
-                _, records = read_traces(trace_path)
-            wanted = set(order)
-            summary = summarize([r for r in records if r.problem_id in wanted])
+            out.write_gathered(everything, ids)
+            summary = out.summary(ids)
     finally:
-        if writer is not None:
-            writer.close()
+        out.close()
     return broadcast(summary)

@@ -16,12 +16,15 @@ tried in this order:
   match their lower case (``c`` is choice C; any other single letter is a case-sensitive
   variable, so ``3R^2 != 3r^2``).
 * ``base``: ``52_8`` equals ``52_{8}`` and also a bare ``52`` (the digits the question asked for).
+  Only a real numeral is a base-n numeral (``base_numeral``): ``a_1`` and ``x_0`` are variables.
 * structures, compared element by element with the scalar rules:
   ``tuple`` -- ``(1,2)``: ordered, brackets must agree; ``interval`` -- any element set with
   ``[``/``]`` or ``\\infty``, and unions ``\\cup`` (order of the pieces is free);
   ``set`` -- ``\\{1,2\\}``: order-insensitive; ``list`` -- a bare ``1, 2, 3``: MATH asks for these
-  as "all solutions, separated by commas", so order is ignored too (multiplicities count, a set
-  and a bare list compare equal); ``\\pm`` expands to the two-element list (``\\mp`` is the
+  as "all solutions, separated by commas", so order is ignored too, as math-verify does (it
+  reads a bare list as a FiniteSet); multiplicities count, a set and a bare list compare equal.
+  Order matters only inside brackets: ``(1, 100) != (100, 1)`` but ``100, 1 == 1, 100``, and a
+  list is never a number (``1, 100 != 1100``; see ``normalize`` for thousands separators); ``\\pm`` expands to the two-element list (``\\mp`` is the
   correlated sign); ``matrix`` -- pmatrix/bmatrix/... by shape and element; an n x 1 or 1 x n
   matrix also equals an n-tuple (a vector written either way).
 * scalars: ``exact_rational`` when both are constant rationals (decimals are exact: ``0.5`` ==
@@ -30,8 +33,11 @@ tried in this order:
   random rational points (exactly where possible) and compared within ``rtol=1e-9``.  So
   ``\\sqrt{8}`` == ``2\\sqrt{2}``, ``x^2+2x+1`` == ``(x+1)^2``; a decimal equals an irrational
   closed form only if it agrees to ~9 significant digits (``3.14 != \\pi``).  Free variables
-  get 4 deterministic rational points (integers if the expressions are undefined there, e.g.
-  ``n!``); ``e`` and ``i`` are constants; the variables are case-sensitive.
+  get 6 deterministic rational points of both signs (so ``|x| != x``, ``\\sqrt{x^2} != x``,
+  ``\\log(x^2) != 2\\log x``; principal branches, except that a rational power with an odd
+  denominator of a negative number is the real root, as ``\\sqrt[3]{-8} = -2``), or natural
+  numbers if the expressions are undefined there (``n!``); ``e`` and ``i`` are constants; the
+  variables are case-sensitive, and subscripted names (``a_1``) are variables of their own.
 * failures: ``mismatch`` (detail says which comparison failed), ``parse_error`` (different
   strings and one side outside the supported subset), ``error`` (an unexpected internal error,
   reported rather than raised so that one bad sample cannot stop an evaluation run).
@@ -54,7 +60,7 @@ from spine.reasoning.normalize import (
     expand_pm, match_brackets, normalize, split_top_level, strip_assignment,
 )
 
-__all__ = ["Verdict", "grade", "answers_equivalent"]
+__all__ = ["Verdict", "grade", "answers_equivalent", "base_numeral"]
 
 _MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix|array|smallmatrix)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}",
                         re.DOTALL)
@@ -198,17 +204,30 @@ def _compare(a: tuple, b: tuple, dl: mx.Deadline) -> _Result:
 
 
 # -- expression equivalence ------------------------------------------------------------------
-N_POINTS = 4  # shared random evaluation points for expressions with free variables
+N_POINTS = 6  # shared random evaluation points for expressions with free variables
 
 
 def _points(names: set[str], integers: bool = False) -> list[dict[str, Fraction]]:
-    """Deterministic random positive rationals (or integers) for each free variable."""
+    """Deterministic random rationals of both signs (or natural numbers) for each variable.
+
+    Signs matter: on positive points alone ``|x|``, ``\\sqrt{x^2}`` and ``x`` agree, and so do
+    ``\\log(x^2)`` and ``2\\log x``.  The first point is all positive, the second all negative,
+    the rest draw each variable's sign at random, so every variable is seen with both signs and
+    two-variable sign patterns are mixed.  Integer points (for ``n!``, ``\\binom{n}{k}``) stay
+    natural: those expressions are undefined at negative integers on both sides anyway.
+    """
     rng = random.Random(0x5EED)
     ordered = sorted(names)
     if integers:
         return [{v: Fraction(rng.randint(2, 12)) for v in ordered} for _ in range(N_POINTS)]
-    return [{v: Fraction(rng.randint(3, 97), rng.randint(2, 13)) for v in ordered}
-            for _ in range(N_POINTS)]
+    points = []
+    for k in range(N_POINTS):
+        point = {}
+        for v in ordered:
+            sign = 1 if k == 0 else -1 if k == 1 else rng.choice((1, -1))
+            point[v] = sign * Fraction(rng.randint(3, 97), rng.randint(2, 13))
+        points.append(point)
+    return points
 
 
 def _values(a: tuple, b: tuple, deadline: mx.Deadline) -> list[tuple] | None:
@@ -284,16 +303,37 @@ def compare_equations(l1: tuple, r1: tuple, l2: tuple, r2: tuple,
 
 
 # -- scalars --------------------------------------------------------------------------------
+def base_numeral(s: str) -> tuple[str, int] | None:
+    """``52_8`` -> ``("52", 8)``: digits and base of a base-n numeral, else None.
+
+    A subscript is a base only when it is 2..36 and every digit is a digit of that base, and the
+    numeral has a decimal digit (``1A_{11}``) or is upper-case letters in a base above 10
+    (``AB_{12}``): so ``a_1``, ``x_0``, ``x_{12}`` are subscripted variables, not numerals.
+    """
+    m = _BASE_RE.fullmatch(s)
+    if not m:
+        return None
+    digits, base = m.group(1), int(m.group(2))
+    if not 2 <= base <= 36 or any(int(c, 36) >= base for c in digits):
+        return None
+    if not (any(c.isdigit() for c in digits) or (digits.isupper() and len(digits) > 1)):
+        return None
+    return digits, base
+
+
 def _is_text(s: str) -> bool:
     return bool(_TEXT_RE.fullmatch(s))
 
 
 def _sci(s: str) -> str:
-    """``1e-3`` (the whole answer) -> ``0.001``-valued exact literal; anything else unchanged."""
+    """``1e-3`` (the whole answer) -> ``1\\times10^{-3}``; anything else unchanged.
+
+    The power goes through the evaluator's size guards, so ``1.5e9999`` is ``too_large``
+    rather than a 10,000-digit literal.
+    """
     if _SCI_RE.fullmatch(s):
         mant, _, exp = s.lower().partition("e")
-        q = Fraction(mant) * Fraction(10) ** int(exp)
-        return f"\\frac{{{q.numerator}}}{{{q.denominator}}}"
+        return f"{mant}\\times10^{{{int(exp)}}}"
     return s
 
 
@@ -320,10 +360,10 @@ def _compare_scalar(a: str, b: str, dl: mx.Deadline) -> _Result:
             return _Result(True, "text")
         if not (len(a) <= 3 and len(b) <= 3):  # "ab" vs "ba" may still be equal products
             return _no("text answers differ")
-    ba, bb = _BASE_RE.fullmatch(a), _BASE_RE.fullmatch(b)
+    ba, bb = base_numeral(a), base_numeral(b)
     if ba or bb:
-        da, db = (ba.group(1) if ba else a), (bb.group(1) if bb else b)
-        same_base = not (ba and bb) or ba.group(2) == bb.group(2)
+        da, db = (ba[0] if ba else a), (bb[0] if bb else b)
+        same_base = not (ba and bb) or ba[1] == bb[1]
         if da.isalnum() and db.isalnum():
             ok = same_base and da.lower() == db.lower()
             return _Result(True, "base") if ok else _no("base-n numerals differ")

@@ -138,6 +138,10 @@ def _power(b: Fraction | complex, e: Fraction | complex) -> Fraction | complex:
             root = _exact_root(b, e.denominator)
             if root is not None:
                 return _power(root, Fraction(e.numerator))
+        if b < 0 and e.denominator % 2 == 1:
+            # Real odd root, as \sqrt[3]{-8} = -2: x^{1/3} and \sqrt[3]{x} must agree at x < 0.
+            magnitude = _power(-b, e)
+            return -magnitude if e.numerator % 2 else magnitude
     # Float path, with the magnitude estimated from logarithms *before* computing anything.
     if e == 0:
         return Fraction(1)
@@ -154,9 +158,17 @@ def _power(b: Fraction | complex, e: Fraction | complex) -> Fraction | complex:
 
 
 def _log(v: Fraction | complex) -> complex:
-    """Principal complex logarithm; exact-integer logs so 20,000-bit rationals do not overflow."""
+    """Principal complex logarithm; exact-integer logs so 20,000-bit rationals do not overflow.
+
+    Near 1 the difference of two logs cancels (``1 + 10^{-20}`` would give 0, and
+    ``(1+10^{-20})^{10^{20}}`` would be 1): there ``log1p`` of the exactly computed ``v - 1``.
+    """
     if isinstance(v, Fraction):
-        mag = math.log(abs(v.numerator)) - math.log(v.denominator)
+        a = abs(v)
+        if Fraction(1, 2) < a < 2:
+            mag = math.log1p(float(a - 1))
+        else:
+            mag = math.log(a.numerator) - math.log(a.denominator)
         return complex(mag, math.pi if v < 0 else 0.0)
     return cmath.log(v)
 

@@ -4,14 +4,16 @@
 equal are equal (rule ``normalized_string``).  It never changes the mathematical value, except
 for the documented MATH conventions:
 
-* units are dropped: ``\\text{ cm}``, ``inches^2``, ``^\\circ``/``°``/``degrees``, ``\\$``/dollars,
+* units are dropped: ``\\text{ cm}``, ``inches^2``, ``^\\circ``/``°``/``degrees`` (with a
+  temperature scale: ``36^\\circ\\text{C}``, ``98.6°F``, ``20 degrees Celsius``), ``\\$``/dollars,
   ``\\%``/percent.  A percentage keeps its number: ``50\\%`` == ``50`` but **not** ``0.5``
   (MATH asks "what percent" and expects 50; accepting 0.5 too would make 0.5 and 50 equal).
 * thousands separators are removed by context: ``10,\\!080`` and ``{,}`` always; plain commas
-  only in an answer without brackets where *every* comma sits between a digit and exactly three
-  digits (``58,500``, ``1,234/2``), so the lists ``1,-2`` / ``3, 5, 7`` and the tuple ``(1,100)``
-  stay intact.  Consequence: a bare two-element list ``1,100`` reads as 1100 (MATH writes
-  lists with a space).
+  only in an answer without brackets, with no comma followed by a space, where *every* comma
+  belongs to a correctly grouped number ``d{1,3}(,ddd)+`` (``58,500``, ``1,000,000``,
+  ``1,234/2``).  So the lists ``1, 100`` / ``1,-2`` / ``3, 5, 7`` / ``12345,678`` and the tuple
+  ``(1,100)`` stay intact.  The one ambiguous spelling, ``1,100`` (no space), reads as 1100, as
+  math-verify reads it (MATH writes lists with ``, ``).
 * a mixed number that is the whole answer is a sum: ``2\\frac{1}{2}`` (and ``2\\frac12``) ==
   ``\\frac{5}{2}``; elsewhere juxtaposition is multiplication.
 * ``\\text{(C)}`` / ``(C)`` -> ``C`` (multiple-choice letters A-E).
@@ -44,7 +46,8 @@ _UNITS = (
     "units?", "square\\s+units?", "sq\\.?\\s*units?", "cubic\\s+units?", "cm", "centimeters?",
     "mm", "millimeters?", "km", "kilometers?", "meters?", "metres?", "inch(?:es)?", "feet", "foot",
     "ft", "yards?", "yd", "miles?", "mi", "mph", "kg", "kilograms?", "grams?", "pounds?", "lbs?",
-    "ounces?", "oz", "liters?", "litres?", "gallons?", "cents?", "dollars?", "euros?", "degrees?",
+    "ounces?", "oz", "liters?", "litres?", "gallons?", "cents?", "dollars?", "euros?",
+    "degrees?(?:\\s+(?:celsius|fahrenheit|centigrade))?",
     "percent", "seconds?", "sec", "minutes?", "min", "hours?", "hrs?", "days?", "weeks?", "months?",
     "years?", "people", "students?", "ways", "times", "radians?",
 )
@@ -54,10 +57,14 @@ _UNIT_TAIL_RE = re.compile(
     r"(?:\s*\^\s*\{?\s*[23]\s*\}?|\s+squared|\s+cubed)?\s*\.?\s*$",
     re.IGNORECASE,
 )
-_DEGREE_RE = re.compile(r"\{\}\^\{?\\circ\}?|\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\^\s*\\degree|\\degree")
+# A degree sign, with the temperature scale that may follow it (36^\circ\text{C}, 98.6°F).
+_DEGREE_RE = re.compile(r"(?:\{\}\^\{?\\circ\}?|\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\^\s*\\degree|\\degree)"
+                        r"(?:\s*(?:\\(?:text|mathrm|textrm|mbox)\s*\{\s*[CF]\s*\}|[CF](?![a-zA-Z])))?|[℃℉]")
 _SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad(?![a-zA-Z])|\\(?:en|thin|med|thick)space(?![a-zA-Z])|~")
 _SIZING_RE = re.compile(r"\\(?:left|right)(?![a-zA-Z])\s*\.?|\\[bB]igg?[lrm]?(?![a-zA-Z])")
 _STYLE_RE = re.compile(r"\\(?:displaystyle|textstyle|scriptstyle)(?![a-zA-Z])")
+_GROUPED_RE = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?!\d)")
+_SPACED_COMMA_RE = re.compile(r",\s")
 _THOUSANDS_ESCAPED_RE = re.compile(r"(\d)\s*(?:,\\!|\{,\})\s*(?=\d{3}(?!\d))")
 _PLAIN_FUNC_RE = re.compile(r"(?<![\\a-zA-Z])(sqrt|sin|cos|tan|cot|sec|csc|log|ln|exp|pi)(?![a-zA-Z])")
 _MIXED_RE = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
@@ -233,13 +240,6 @@ def _brace_single_args(s: str) -> str:
     return "".join(out)
 
 
-def _thousands_comma(s: str, i: int) -> bool:
-    """Is the comma at ``i`` between a digit and exactly three digits?"""
-    group = s[i + 1:i + 4]
-    return (i > 0 and s[i - 1] in _DIGITS and len(group) == 3 and all(c in _DIGITS for c in group)
-            and not (i + 4 < len(s) and s[i + 4] in _DIGITS))
-
-
 def _collapse_spaces(s: str) -> str:
     # Keep one space where it separates a control word from a letter ("\cot x", "\pi r").
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x00", s)
@@ -302,11 +302,12 @@ def normalize(s: str) -> str:
     s = _REPEATING_RE.sub(_repeating_decimal, s)
     s = _PLAIN_FUNC_RE.sub(r"\\\1 ", s.replace("**", "^"))  # plain-text "sqrt(2)", "2pi", "x**2"
     s = _brace_single_args(s)
+    spaced_comma = bool(_SPACED_COMMA_RE.search(s))  # "1, 100" is a list, never 1100
     s = _collapse_spaces(s)
     s = s.rstrip(". " + _ROWSEP)  # trailing full stop (and a stray line-break "\\\\")
-    if "," in s and not any(c in s for c in "([") and "\\{" not in s:
-        # Every comma between a digit and exactly three digits: thousands ("1,234/2").
-        if all(_thousands_comma(s, i) for i, c in enumerate(s) if c == ","):
+    if "," in s and not spaced_comma and not any(c in s for c in "([") and "\\{" not in s:
+        # Every comma inside a correctly grouped number: thousands ("1,234/2", "1,000,000").
+        if sum(m.group().count(",") for m in _GROUPED_RE.finditer(s)) == s.count(","):
             s = s.replace(",", "")
     s = re.sub(r"(^|[(\[,])\+(?=\\infty)", r"\1", s)
     if s.startswith("+") and len(s) > 1:

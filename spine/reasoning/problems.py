@@ -152,13 +152,14 @@ def _strings(value: Any, path: str) -> list[tuple[str, str]]:
 
 
 def validate_problems(problems: Sequence[Problem], *, where: str = "problems", engine: Any = None,
-                      context_length: int | None = None) -> None:
+                      context_length: int | None = None, max_new_tokens: int = 0) -> None:
     """Check every problem before anything is generated; one ProblemLoadError line naming the problem.
 
     Refused: no problems, duplicate ids, an empty gold answer, a lone surrogate anywhere (it cannot be
     written as UTF-8, so the trace writer would fail mid-run and on every resume). With `engine` (a
-    `spine.reasoning.pipelines.Engine`) and the model's `context_length`: a rendered prompt that does
-    not leave room for `engine.max_new_tokens` (generation would cut it from the front, silently).
+    `spine.reasoning.pipelines.ProblemEngine`: `prompt_for`, `tokenizer`, `chat`) and the model's
+    `context_length`: a rendered prompt that does not leave room for `max_new_tokens` (generation
+    would cut it from the front, silently).
     """
     if not problems:
         raise ProblemLoadError(f"{where}: no problems to evaluate")
@@ -180,14 +181,14 @@ def validate_problems(problems: Sequence[Problem], *, where: str = "problems", e
                                        f"{at}, which is not valid Unicode text; fix the record")
     if engine is None or context_length is None:
         return
-    limit = context_length - engine.max_new_tokens
+    limit = context_length - max_new_tokens
     special = "all" if engine.chat else frozenset()
     for i, p in enumerate(problems):
         n = len(engine.tokenizer.encode(engine.prompt_for(p), allowed_special=special))
         if n > limit:
             raise ProblemLoadError(
                 f"{where}: problem {i} (id {p.id!r}): its prompt is {n} tokens, and with max_new_tokens "
-                f"{engine.max_new_tokens} it does not fit the model's context of {context_length} tokens; lower "
+                f"{max_new_tokens} it does not fit the model's context of {context_length} tokens; lower "
                 "--max_new_tokens or leave the problem out (prompts are never cut)")
 
 
@@ -340,7 +341,7 @@ def _sniff_format(records: list[dict], where: str) -> str:
 
 
 def load_problems(source: str | Path, *, format: str = "auto", **field_map: Any) -> list[Problem]:
-    """Load problems from a file, a hub dataset name or a "synthetic:..." spec.
+    """Load problems from a file, a hub dataset name, a "synthetic:..." or a "task:..." spec.
 
     `format`: "auto" (sniffed from the fields), "math500", "gsm8k", "json"/"jsonl" (generic: needs
     `prompt_field` and `answer_field`, optional `id_field`, `metadata_fields`), or "synthetic".
@@ -350,6 +351,12 @@ def load_problems(source: str | Path, *, format: str = "auto", **field_map: Any)
     if format not in FORMATS:
         raise ValueError(f"unknown problem format {format!r}; known formats: {', '.join(FORMATS)}")
     src = str(source)
+    if src.strip().startswith("task:"):  # task family specs (spine.reasoning.tasks.spec)
+        if field_map:
+            raise ValueError(f"task problems take no field options (got {sorted(field_map)})")
+        from spine.reasoning.tasks.spec import load_task_problems  # lazy: tasks import this module
+
+        return load_task_problems(src)
     if format == "synthetic" or (format == "auto" and src.split(":", 1)[0].strip() == "synthetic"):
         if field_map:
             raise ValueError(f"synthetic problems take no field options (got {sorted(field_map)})")

@@ -1,10 +1,9 @@
 """Report on trace files: summary tables and, for self-consistency runs, accuracy vs samples.
 
 Self-consistency (Wang et al., 2022): accuracy@k is the accuracy of a majority vote over the
-first k samples of each problem. Votes group answers whose normalized strings are equal (all
-whitespace removed, surrounding "$" and a trailing "." stripped), or for which the optional
-`equivalent(a, b)` says so — pass the grader's `answers_equivalent` for symbolic equality. A
-voted group counts as correct when its first sample was graded correct. Ties go to the group
+first k samples of each problem, with the pipelines' own vote (`spine.reasoning.vote`: normalized
+text or the grader's `answers_equivalent`), so accuracy@n reproduces a self-consistency run's
+accuracy. A voted group counts as correct when its first sample was graded correct. Ties go to the group
 whose first sample came earliest; samples with no extracted answer do not vote (a problem with
 none is wrong).
 
@@ -14,40 +13,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from spine.traces import TraceRecord, format_summary, read_traces, summarize
 
+from .grade import answers_equivalent
+from .vote import Equivalent, majority_vote, normalize_vote
+
 __all__ = ["normalize_vote", "majority_vote", "sample_counts", "accuracy_at_k", "report"]
-
-Equivalent = Callable[[str, str], bool]
-
-
-def normalize_vote(answer: str) -> str:
-    """The exact-match key used to pool votes."""
-    s = "".join(answer.split())
-    s = s.strip("$")
-    return s[:-1] if s.endswith(".") else s
-
-
-def majority_vote(answers: Sequence[str | None], equivalent: Equivalent | None = None) -> int | None:
-    """Index of the first sample of the most voted answer group, or None if nobody answered."""
-    groups: list[tuple[str, str, int, int]] = []  # (key, representative, first index, votes)
-    for i, a in enumerate(answers):
-        if a is None:
-            continue
-        key = normalize_vote(a)
-        for g, (gkey, rep, first, votes) in enumerate(groups):
-            if key == gkey or (equivalent is not None and equivalent(rep, a)):
-                groups[g] = (gkey, rep, first, votes + 1)
-                break
-        else:
-            groups.append((key, a, i, 1))
-    if not groups:
-        return None
-    # max() keeps the first maximum, and groups are in order of first appearance: ties -> earliest.
-    return max(groups, key=lambda g: g[3])[2]
-
 
 def _samples_by_problem(records: Iterable[TraceRecord]) -> dict[str, list[TraceRecord]]:
     """problem_id -> its per-sample records in sample order, for problems with n_samples > 1."""
@@ -69,7 +42,7 @@ def sample_counts(n: int) -> list[int]:
 
 
 def accuracy_at_k(records: Iterable[TraceRecord], ks: Sequence[int] | None = None,
-                  equivalent: Equivalent | None = None) -> dict[int, float]:
+                  equivalent: Equivalent | None = answers_equivalent) -> dict[int, float]:
     """{k: majority-vote accuracy over the first k samples}; {} without self-consistency records.
 
     k runs up to the smallest sample count among the problems (an interrupted problem has fewer).
@@ -84,7 +57,7 @@ def accuracy_at_k(records: Iterable[TraceRecord], ks: Sequence[int] | None = Non
         correct = 0
         for rs in per.values():
             first_k = rs[:k]
-            winner = majority_vote([r.extracted for r in first_k], equivalent)
+            winner, _ = majority_vote([r.extracted for r in first_k], equivalent)
             correct += winner is not None and bool(first_k[winner].correct)
         acc[k] = correct / len(per)
     return acc
@@ -121,7 +94,7 @@ def _plot(curves: dict[str, dict[int, float]], out_png: Path, baselines: dict[st
 
 
 def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path | None = None,
-           equivalent: Equivalent | None = None, *, group_by: Sequence[str] = ("level", "subject"),
+           equivalent: Equivalent | None = answers_equivalent, *, group_by: Sequence[str] = ("level", "subject"),
            print_it: bool = True) -> str:
     """Markdown report of one or more trace files (printed and returned).
 
