@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -215,3 +216,16 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     save_checkpoint(tmp_path / "empty", _model())  # an empty directory is fine
     load_checkpoint(tmp_path / "empty")
+
+
+def test_debris_of_killed_writers_is_removed_and_a_live_writers_kept(tmp_path):
+    d = save_checkpoint(tmp_path / "ck", _model())
+    dead = tmp_path / ".ck.tmp-999999999-deadbeef"   # a pid that does not run
+    legacy = tmp_path / ".ck.tmp-0123abcd"          # the name before pids were added
+    live = tmp_path / f".ck.tmp-{os.getppid()}-feedf00d"  # a writer that still runs
+    other = tmp_path / ".notes.tmp-999999999-deadbeef"    # another target's: not ours to touch
+    for p in (dead, legacy, live, other):
+        p.mkdir()
+        (p / "half").write_text("x")
+    save_checkpoint(d, _model("gpt2-tiny", n_layer=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", live.name, other.name])
