@@ -143,8 +143,29 @@ class SpineModule(L.LightningModule):
         fused_adam: bool | None = None,
         init: str = "gpt2",
     ):
-        """`init`: weight init of a fresh model, "gpt2" (N(0, 0.02), nanoGPT/HF) or "torch" (PyTorch
-        defaults, as the book's GPTModel). Ignored when starting from `init_from`."""
+        """A training stage over a `GPT` built from a preset or loaded from a checkpoint.
+
+        Args:
+            model: preset name: gpt2-124m, gpt2-355m, gpt2-774m, gpt2-1558m, qwen3-0.6b, qwen3-1.7b,
+                qwen3-4b, qwen3-8b, gpt2-tiny, qwen3-tiny (`spine.config.PRESETS`).
+            model_overrides: ModelConfig fields that replace the preset's, e.g. {d_model: 128, n_layer: 4}.
+            init_from: start from a spine checkpoint directory, or hf:PATH (a Hugging Face GPT-2/Qwen3
+                directory); `model`, `model_overrides` and `init` are then ignored.
+            vocab_size: set by the data module (linked); the model's vocabulary.
+            context_length: set by the data module (linked); the model's context.
+            pad_id: set by the data module (linked); the padding id.
+            lr: peak learning rate of AdamW.
+            weight_decay: AdamW weight decay (not applied to norms, biases, embeddings).
+            betas: AdamW betas.
+            warmup_steps: linear warmup steps before the schedule.
+            min_lr_ratio: the cosine schedule ends at lr * min_lr_ratio.
+            scheduler: "cosine" (linear warmup, then cosine to min_lr_ratio over the run's steps) or
+                "constant" (warmup, then lr).
+            compile: torch.compile the model (the loss step as one graph).
+            fused_adam: fused AdamW kernel (None: on CUDA only).
+            init: weight init of a fresh model: "gpt2" (N(0, 0.02), nanoGPT/HF) or "torch" (PyTorch
+                defaults, as the book's GPTModel). Ignored when starting from `init_from`.
+        """
         super().__init__()
         validate_hparams(lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
                          min_lr_ratio=min_lr_ratio, scheduler=scheduler)

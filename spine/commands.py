@@ -279,9 +279,9 @@ def eval_(
         name = Path(hf_path(checkpoint) or checkpoint).expanduser().resolve().name
         traces = str(Path("runs") / "eval" / f"{_slug(name)}-{label}-{config_hash(cfg)[:8]}.jsonl")
 
-    def progress(done: int, total: int) -> None:
-        print(f"[spine eval] {done}/{total} problems", file=sys.stderr, flush=True)
+    from .progress import ProgressLine
 
+    progress = ProgressLine("[spine eval]", unit="problems")
     report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
                       chunk_size=max(1, batch_size * 4 // params.n), progress=progress)
     resumed = f", {report.skipped} resumed from the trace file" if report.skipped else ""
@@ -309,6 +309,7 @@ def report(traces: list[str], png: Optional[str] = None,
 
 
 from .serve import commands as _serve_commands  # noqa: E402,F401  (registers serve, chat, judge)
+from . import ladder_commands  # noqa: E402,F401  (registers `ladder` and `ladder-report`)
 
 
 # ---------------------------------------------------------------------------- parser / main
@@ -317,10 +318,10 @@ def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="spine", description="spine tools (Trainer stages: spine fit|validate|test|"
-                            "predict)", exit_on_error=False)
+                            "predict)", exit_on_error=False, allow_abbrev=False)
     subcommands = parser.add_subcommands(dest="subcommand")
     for name, fn in COMMANDS.items():
-        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False)
+        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False, allow_abbrev=False)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options")
         if name in _VARIADIC:
             param, help_text = _VARIADIC[name]
