@@ -231,7 +231,7 @@ class PretrainDataModule(L.LightningDataModule):
         key = cache_key(src.fingerprint, self.tokenizer)
         self._token_path = tokenize_to_cache(src.documents, self.tokenizer, self.cache_dir, key,
                                              source_fingerprint=src.fingerprint, description=src.description)
-        self._check_sizes(len(load_tokens(self._token_path)))
+        self._check_sizes(len(load_tokens(self._token_path, verify=False)))  # setup verifies the bytes
 
     def _check_sizes(self, n: int) -> int:
         """Validate the corpus size; return the train/val split point."""

@@ -5,6 +5,8 @@ The mathematics lives in `spine`; this class only wires it into Lightning's hook
 """
 from __future__ import annotations
 
+import math
+import os
 import random
 from typing import Any
 
@@ -55,6 +57,54 @@ def build_model(
     if init != "gpt2":
         net.init_weights(scheme=init)
     return net, tokenizer
+
+
+def validate_hparams(*, lr: float, weight_decay: float, betas: Any, warmup_steps: int, min_lr_ratio: float,
+                    scheduler: str) -> None:
+    """One ValueError line naming the optimisation setting that cannot work."""
+    def real(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not real(lr) or lr <= 0:
+        raise ValueError(f"--model.init_args.lr must be a positive number, got {lr!r}")
+    if not real(weight_decay) or weight_decay < 0:
+        raise ValueError(f"--model.init_args.weight_decay must be >= 0, got {weight_decay!r}")
+    if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+            or not all(real(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"--model.init_args.betas must be two numbers in [0, 1), got {betas!r}")
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise ValueError(f"--model.init_args.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if not real(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"--model.init_args.min_lr_ratio must be in [0, 1] (the final lr as a fraction of lr), "
+                         f"got {min_lr_ratio!r}")
+    if scheduler not in ("cosine", "constant"):
+        raise ValueError(f"--model.init_args.scheduler must be 'cosine' or 'constant', got {scheduler!r}")
+
+
+def check_resumable(checkpoint: dict, model: GPT, own_state: dict[str, torch.Tensor]) -> None:
+    """Refuse, in one line, a training checkpoint that does not fit this module's model, or whose
+    weights hold NaN/Inf (Lightning would fail deep in `load_state_dict`, or train on NaNs)."""
+    stored = checkpoint.get(MODEL_CONFIG_KEY)
+    if isinstance(stored, dict):
+        ours = model.config.to_dict()
+        diff = sorted(k for k in ours if k not in ("name", "dropout", "extra", "family") and stored.get(k) != ours[k])
+        if diff:
+            listed = ", ".join(f"{k}: checkpoint={stored.get(k)!r} model={ours[k]!r}" for k in diff[:6])
+            raise ValueError(f"--ckpt_path: the checkpoint holds another model ({listed}); resume with the config "
+                             "it was trained with")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        return
+    for name, t in state.items():
+        mine = own_state.get(name)
+        if isinstance(t, torch.Tensor) and mine is not None and tuple(t.shape) != tuple(mine.shape) \
+                and not hasattr(mine, "device_mesh"):
+            raise ValueError(f"--ckpt_path: tensor {name!r} has shape {list(t.shape)} in the checkpoint but "
+                             f"{list(mine.shape)} in this model; resume with the config it was trained with")
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not hasattr(t, "device_mesh") \
+                and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"--ckpt_path: tensor {name!r} holds NaN/Inf values; the checkpoint is corrupt or "
+                             "its run diverged — resume from an earlier one")
 
 
 def _np_state_to_plain(state) -> dict:
@@ -117,6 +167,8 @@ class SpineModule(L.LightningModule):
                 defaults, as the book's GPTModel). Ignored when starting from `init_from`.
         """
         super().__init__()
+        validate_hparams(lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+                         min_lr_ratio=min_lr_ratio, scheduler=scheduler)
         self.save_hyperparameters()
         self.model, self.tokenizer = build_model(model, model_overrides, init_from, vocab_size, context_length, init)
         self.pad_id = pad_id
@@ -177,9 +229,27 @@ class SpineModule(L.LightningModule):
                             gradient_clip_algorithm=gradient_clip_algorithm)
 
     def setup(self, stage: str) -> None:
+        from .checkpoint_io import use_spine_checkpoint_io
+
+        use_spine_checkpoint_io(self.trainer)  # atomic, checksummed .ckpt files (unless the user chose an IO)
+        self._make_checkpoint_dirs()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
             self.tokenizer = dm.tokenizer
+
+    def _make_checkpoint_dirs(self) -> None:
+        """Rank 0 creates every ModelCheckpoint directory now, before the barrier that ends setup.
+
+        Otherwise the first sharded save (ModelParallelStrategy: every rank calls
+        `mkdir(parents=True)` on its shard directory) creates the parent on whichever rank gets
+        there first, so which rank writes outside its own shard depended on timing."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            dirpath = getattr(cb, "dirpath", None)
+            if dirpath and "://" not in str(dirpath):
+                os.makedirs(dirpath, exist_ok=True)
 
     def forward(self, idx: torch.Tensor, **kw) -> torch.Tensor:
         return self.model(idx, **kw)
@@ -250,6 +320,7 @@ class SpineModule(L.LightningModule):
             checkpoint[TOKENIZER_FILES_KEY] = self._tokenizer_files
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumable(checkpoint, self.model, self.state_dict())
         rng = checkpoint.get("spine_rng")
         if rng:
             torch.set_rng_state(rng["torch"])

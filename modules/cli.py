@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 # Errors that mean "your input is wrong" (a missing file, a bad value): one line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (ValueError, OSError)  # OSError: FileNotFoundError, a full disk, ... (named by the raiser)
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 _TRAINER_HELP = {
@@ -214,7 +214,10 @@ def _lightning_cli(args: list[str] | None) -> int:
                 callbacks = [*callbacks, PredictionWriter()]  # predictions are written, not thrown away
             return super()._instantiate_trainer(config, callbacks)
 
-    # (the `--ckpt_path last` resolution of modules/resume.py goes here, before parsing)
+        def _parse_ckpt_path(self) -> None:  # resolve `last`, verify the file, refuse a changed model
+            from .resume import preflight
+            preflight(self)
+
     try:
         default_threads()
         cli = SpineCLI(
@@ -230,8 +233,9 @@ def _lightning_cli(args: list[str] | None) -> int:
     except USER_ERRORS as e:
         if os.environ.get("SPINE_DEBUG"):
             raise
+        from .resume import error_line
         command = (args or sys.argv[1:] or ["fit"])[0]
-        print(f"spine {command}: error: {type(e).__name__}: {e}\n(set SPINE_DEBUG=1 for the traceback)",
+        print(f"spine {command}: error: {type(e).__name__}: {error_line(e)}\n(set SPINE_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 2
     if cli.subcommand == "fit" and cli.trainer.is_global_zero and cli.trainer.logger is not None:
@@ -280,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2
+    from .resume import config_file_error
+    if (problem := config_file_error(args)) is not None:  # one line naming the file, not usage text
+        print(f"spine: error: {problem}", file=sys.stderr)
+        return 2
     if args[0] in TRAINER_COMMANDS:
         # LightningCLI reads sys.argv itself when run as a script (it warns if given both)
         return _lightning_cli(None if argv is None else args)

@@ -242,7 +242,7 @@ def eval_(
     from .engine import hf_path
     from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
     from .reasoning.pipelines import ProblemEngine, make_pipeline
-    from .reasoning.problems import load_problems
+    from .reasoning.problems import load_problems, validate_problems
     from .reasoning.prompts import render_prompt
     from .traces import config_hash, format_summary
 
@@ -261,6 +261,7 @@ def eval_(
     except TypeError as e:  # option combinations the loader rejects
         raise ValueError(str(e)) from None
     probs = probs[:limit] if limit else probs
+    validate_problems(probs, where=problems)  # before the model loads: nothing generated for a bad file
     source, extra = source_identity(problems)
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer
@@ -269,6 +270,8 @@ def eval_(
     extra["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # bf16 and fp32 answers differ
     engine = ProblemEngine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
                            batch_size=batch_size)
+    validate_problems(probs, where=problems, engine=engine, context_length=model.config.context_length,
+                      max_new_tokens=params.max_new_tokens)
     sha = checkpoint_identity(checkpoint)
     label = f"{pipeline}{params.n}" if params.n > 1 else pipeline
     if traces is None:

@@ -13,7 +13,9 @@ biases, and export refuses a model whose MLP biases are non-zero (HF Qwen3 has n
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -407,7 +409,52 @@ def export_hf(model: GPT, path: str | Path, tokenizer: Any | None = None) -> Pat
 
     With a tokenizer, its spine files are written too (so `import_hf` restores it exactly), and for
     GPT-2 also HF's vocab.json + merges.txt + tokenizer_config.json.
+    Atomic: everything is written into a temporary sibling directory first; a failure leaves
+    nothing at `path` (or, for an existing folder, its previous files untouched).
     """
+    from .atomic import fsync_dir, remove_stale_siblings, temp_sibling, write_error
+
+    dst = Path(path).expanduser()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(dst)
+    tmp = temp_sibling(dst)
+    tmp.mkdir()
+    try:
+        try:
+            _write_hf_files(model, tmp, tokenizer)
+        except (OSError, ValueError):
+            raise
+        except Exception as e:  # SafetensorError (e.g. a full disk) is not an OSError
+            raise write_error(dst, e, "HF export") from e
+        _fsync_tree(tmp)
+        if not dst.exists() or (dst.is_dir() and not any(dst.iterdir())):
+            if dst.exists():
+                dst.rmdir()
+            os.rename(tmp, dst)
+        else:
+            # an existing folder (export-hf --overwrite): replace our files one by one, config.json
+            # last, so transformers never sees the new config beside old weights; other files stay
+            for f in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):
+                os.replace(f, dst / f.name)
+            tmp.rmdir()
+        fsync_dir(dst.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _fsync_tree(root: Path) -> None:
+    from .atomic import fsync_dir, fsync_file
+
+    for f in root.iterdir():
+        if f.is_file():
+            fsync_file(f)
+    fsync_dir(root)
+
+
+def _write_hf_files(model: GPT, path: Path, tokenizer: Any | None = None) -> Path:
+    """The files of `export_hf`, written into the (temporary) directory `path`."""
     from safetensors.torch import save_file
 
     cfg = model.config

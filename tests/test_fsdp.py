@@ -208,7 +208,7 @@ def test_consolidate_errors_name_the_path(tmp_path, capsys):
     assert "foreign.ckpt: has no 'spine_model_config'" in capsys.readouterr().err
     (tmp_path / "junk.ckpt").write_bytes(b"not a pickle")
     assert main(["consolidate", str(tmp_path / "junk.ckpt"), str(tmp_path / "o4")]) == 2
-    assert "junk.ckpt: cannot be read as a Lightning checkpoint" in capsys.readouterr().err
+    assert "junk.ckpt (12 bytes) is truncated or not a PyTorch checkpoint" in capsys.readouterr().err
     from spine.config import ModelConfig
     from spine.distributed import MODEL_CONFIG_KEY, TOKENIZER_FILES_KEY
     from spine.model import GPT

@@ -129,7 +129,10 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
     baselines: dict[str, float] = {}  # single-sample runs: drawn as reference lines beside the curves
     n_problems: dict[str, int] = {}
     for path in map(Path, paths):
-        header, records = read_traces(path)
+        try:
+            header, records = read_traces(path)
+        except UnicodeDecodeError as e:  # a binary file given by mistake
+            raise ValueError(f"{path}: not a trace file (not UTF-8 text: byte offset {e.start})") from None
         label = path.stem
         if label in curves or label in baselines:  # same file name in two folders
             label = f"{label} ({header.get('run_id')})"
