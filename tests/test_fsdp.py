@@ -113,7 +113,7 @@ def test_rank_one_writes_only_its_own_shards(runs):
         own_shard = rel.parts[0] == "ckpt" and (rel.name == "__1_0.distcp" or
                                                 (event == "os.mkdir" and rel.suffix == ".ckpt"))
         assert own_shard, (event, str(rel))
-    assert sorted(p.name for p in root.glob("logs/*")) == ["version_0"]
+    assert sorted(p.name for p in root.glob("logs/*")) == ["latest", "version_0"]  # latest: rank 0's link
 
 
 def test_reasoning_eval_splits_problems_and_gathers_once(runs):
