@@ -63,31 +63,50 @@ def accuracy_at_k(records: Iterable[TraceRecord], ks: Sequence[int] | None = Non
     return acc
 
 
-def _plot(curves: dict[str, dict[int, float]], out_png: Path, baselines: dict[str, float] | None = None) -> None:
-    """accuracy@k curves; `baselines` (single-sample runs, e.g. greedy) as dashed horizontal lines."""
+def _plot(curves: dict[str, dict[int, float]], out_png: Path, baselines: dict[str, float] | None = None,
+          n_problems: dict[str, int] | None = None) -> None:
+    """accuracy@k curves with Wilson 95% bars (when `n_problems` gives each run's problem count);
+    `baselines` (single-sample runs, e.g. greedy) as dashed lines with their interval shaded.
+    The y axis always shows 0-100%, so a small gap is not drawn as a cliff."""
     # Figure + Agg canvas directly: no pyplot global state, no backend switch for the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4), dpi=120)
+    from ..traces import wilson_interval
+
+    n_problems = n_problems or {}
+    fig = Figure(figsize=(6.5, 4.2), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for label, acc in curves.items():
         ks = sorted(acc)
-        ax.plot(ks, [100 * acc[k] for k in ks], marker="o", label=label)
-    for label, acc in (baselines or {}).items():
-        ax.axhline(100 * acc, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(f"{label} ({100 * acc:.1f}%)", (0.01, 100 * acc), xycoords=("axes fraction", "data"),
-                    textcoords="offset points", xytext=(0, 3), fontsize=8, color="gray")
+        ys = [100 * acc[k] for k in ks]
+        n = n_problems.get(label)
+        if n:
+            lo_hi = [wilson_interval(round(acc[k] * n), n) for k in ks]
+            # max(0, ...): at 0% or 100% the interval's end and the point differ only by rounding
+            err = [[max(0.0, y - 100 * lo) for y, (lo, _) in zip(ys, lo_hi)],
+                   [max(0.0, 100 * hi - y) for y, (_, hi) in zip(ys, lo_hi)]]
+            ax.errorbar(ks, ys, yerr=err, marker="o", capsize=3, label=f"{label} (n={n}, 95% CI)")
+        else:
+            ax.plot(ks, ys, marker="o", label=label)
+    for i, (label, acc) in enumerate((baselines or {}).items()):
+        color = f"C{len(curves) + i}"
+        ax.axhline(100 * acc, linestyle="--", linewidth=1, color=color, label=f"{label} ({100 * acc:.1f}%)")
+        n = n_problems.get(label)
+        if n:
+            lo, hi = wilson_interval(round(acc * n), n)
+            ax.axhspan(100 * lo, 100 * hi, color=color, alpha=0.12, linewidth=0)
     all_ks = sorted({k for acc in curves.values() for k in acc})
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_ks)
     ax.set_xticklabels([str(k) for k in all_ks])
+    ax.set_ylim(0, 100)
     ax.set_xlabel("samples per problem (k, majority vote)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Self-consistency: accuracy vs number of samples")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, format="png")
@@ -108,8 +127,12 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
     parts: list[str] = []
     curves: dict[str, dict[int, float]] = {}
     baselines: dict[str, float] = {}  # single-sample runs: drawn as reference lines beside the curves
+    n_problems: dict[str, int] = {}
     for path in map(Path, paths):
-        header, records = read_traces(path)
+        try:
+            header, records = read_traces(path)
+        except UnicodeDecodeError as e:  # a binary file given by mistake
+            raise ValueError(f"{path}: not a trace file (not UTF-8 text: byte offset {e.start})") from None
         label = path.stem
         if label in curves or label in baselines:  # same file name in two folders
             label = f"{label} ({header.get('run_id')})"
@@ -118,6 +141,7 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
         summary = summarize(records, group_by=group_by)
         parts.append(format_summary(summary))
         acc = accuracy_at_k(records, equivalent=equivalent)
+        n_problems[label] = len({r.problem_id for r in records})
         if not acc and summary.n:
             baselines[label] = summary.accuracy
         if acc:
@@ -129,7 +153,7 @@ def report(trace_paths: str | Path | Sequence[str | Path], out_png: str | Path |
         parts.append("")
     if out_png is not None:
         if curves:
-            _plot(curves, Path(out_png), baselines)
+            _plot(curves, Path(out_png), baselines, n_problems)
             parts.append(f"accuracy-vs-samples plot: {out_png}")
         else:
             parts.append("no self-consistency runs (n_samples > 1): no plot written")
