@@ -36,6 +36,47 @@ def last_metrics(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def run_config(config: str, run_dir: Path) -> str:
+    """The config as given, unless it pins a `SpineCheckpoint` dirpath: then a copy in `run_dir`
+    whose checkpoint goes to `run_dir/spine` (runs of different seeds must not share one folder)."""
+    import yaml
+    cfg = yaml.safe_load(Path(config).read_text())
+    cbs = (cfg.get("trainer") or {}).get("callbacks") or []
+    pinned = [cb for cb in cbs if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("SpineCheckpoint")
+              and (cb.get("init_args") or {}).get("dirpath")]
+    if not pinned:
+        return config
+    for cb in pinned:
+        cb["init_args"]["dirpath"] = str(run_dir / "spine")
+    out = run_dir / "config.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(out)
+
+
+def level_metrics(run_dir: Path) -> dict[str, float]:
+    """Per-level accuracy of the last trace of each pipeline (`reasoning/L<k>/<label>_acc`), and
+    pass@n of sampled pipelines (any sample correct: the head-room that voting and RL can reach)."""
+    from spine.traces import final_records, read_traces, summarize
+    latest: dict[str, Path] = {}
+    for f in sorted(run_dir.rglob("traces/*-step*.jsonl"), key=lambda f: int(f.stem.rsplit("-step", 1)[1])):
+        latest[f.stem.rsplit("-step", 1)[0]] = f
+    out: dict[str, float] = {}
+    for label, f in latest.items():
+        _, records = read_traces(f)
+        for lv, s in summarize(records, group_by=("level",)).by_group.get("level", {}).items():
+            out[f"reasoning/L{lv}/{label}_acc"] = s.accuracy
+        if any(r.sample_index > 0 for r in records):
+            by_pid: dict[str, list] = {}
+            for r in records:
+                by_pid.setdefault(r.problem_id, []).append(r)
+            finals = final_records(records)
+            for lv in sorted({str(finals[p].metadata.get("level")) for p in finals}):
+                pids = [p for p in finals if str(finals[p].metadata.get("level")) == lv]
+                out[f"reasoning/L{lv}/{label}_pass_acc"] = (
+                    sum(any(r.correct for r in by_pid[p]) for p in pids) / max(len(pids), 1))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
@@ -60,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-            cmd = a.spine.split() + ["fit", "--config", a.config, "--seed_everything", str(seed),
+            cmd = a.spine.split() + ["fit", "--config", run_config(a.config, run_dir), "--seed_everything", str(seed),
                                      "--trainer.default_root_dir", str(run_dir),
                                      "--trainer.logger.init_args.save_dir", str(run_dir), *a.extra]
             if a.parallel > 1:
@@ -79,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             log.close()
             free_slots.append(slot)
             run_dir = out / f"seed{seed}-threads{threads}"
-            m = last_metrics(run_dir)
+            m = {**last_metrics(run_dir), **level_metrics(run_dir)}
             results[(seed, threads)] = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), **m}
             print(f"[substrate] done seed={seed} threads={threads} rc={proc.returncode} "
                   f"{time.time() - t0:.0f}s {json.dumps(m)}", flush=True)

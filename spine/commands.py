@@ -255,7 +255,7 @@ def eval_(
     from .engine import hf_path
     from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
     from .reasoning.pipelines import ProblemEngine, make_pipeline, pipeline_options
-    from .reasoning.problems import load_problems
+    from .reasoning.problems import load_problems, validate_problems
     from .reasoning.prompts import render_prompt
     from .traces import config_hash, format_summary
 
@@ -279,6 +279,7 @@ def eval_(
     except TypeError as e:  # option combinations the loader rejects
         raise ValueError(str(e)) from None
     probs = probs[:limit] if limit else probs
+    validate_problems(probs, where=problems)  # before the model loads: nothing generated for a bad file
     source, extra = source_identity(problems)
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer
@@ -287,6 +288,8 @@ def eval_(
     extra["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # bf16 and fp32 answers differ
     engine = ProblemEngine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
                            batch_size=batch_size)
+    validate_problems(probs, where=problems, engine=engine, context_length=model.config.context_length,
+                      max_new_tokens=params.max_new_tokens)
     sha = checkpoint_identity(checkpoint)
     label = pipe.label() if callable(getattr(pipe, "label", None)) else pipeline
     if traces is None:
@@ -294,9 +297,9 @@ def eval_(
         name = Path(hf_path(checkpoint) or checkpoint).expanduser().resolve().name
         traces = str(Path("runs") / "eval" / f"{_slug(name)}-{label}-{config_hash(cfg)[:8]}.jsonl")
 
-    def progress(done: int, total: int) -> None:
-        print(f"[spine eval] {done}/{total} problems", file=sys.stderr, flush=True)
+    from .progress import ProgressLine
 
+    progress = ProgressLine("[spine eval]", unit="problems")
     report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
                       chunk_size=max(1, batch_size * 4 // params.n), progress=progress)
     resumed = f", {report.skipped} resumed from the trace file" if report.skipped else ""
@@ -332,6 +335,7 @@ def report(traces: list[str], png: Optional[str] = None, frontier: Optional[str]
 
 
 from .serve import commands as _serve_commands  # noqa: E402,F401  (registers serve, chat, judge)
+from . import ladder_commands  # noqa: E402,F401  (registers `ladder` and `ladder-report`)
 
 
 # ---------------------------------------------------------------------------- parser / main
@@ -340,10 +344,10 @@ def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="spine", description="spine tools (Trainer stages: spine fit|validate|test|"
-                            "predict)", exit_on_error=False)
+                            "predict)", exit_on_error=False, allow_abbrev=False)
     subcommands = parser.add_subcommands(dest="subcommand")
     for name, fn in COMMANDS.items():
-        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False)
+        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False, allow_abbrev=False)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options")
         if name in _VARIADIC:
             param, help_text = _VARIADIC[name]

@@ -177,6 +177,10 @@ def read_traces(path: str | Path, *, dedupe: bool = True) -> tuple[dict, list[Tr
 # ----------------------------------------------------------------------------- writing
 
 
+# how every header line starts (json.dumps of the header dict below keeps this key order)
+_HEADER_PREFIX = json.dumps({"type": "header"})[:-1].encode()
+
+
 def _new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
@@ -197,7 +201,7 @@ class TraceWriter:
         self.resumed = False
         # problem_id -> (sample indices seen, n_samples, any "final" key seen, final=True seen)
         self._progress: dict[str, list[Any]] = {}
-        if self.path.exists() and self.path.stat().st_size > 0 and self._repair_tail():
+        if self.path.exists() and self.path.stat().st_size > 0 and self._check_header() and self._repair_tail():
             header, records = read_traces(self.path, dedupe=False)
             if header.get("config_hash") != self.config_hash:
                 raise ValueError(
@@ -218,6 +222,31 @@ class TraceWriter:
             self._append({"type": "header", "format": TRACE_FORMAT, "run_id": self.run_id,
                           "config_hash": self.config_hash, "config": self.config,
                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    def _check_header(self) -> bool:
+        """Refuse (ValueError, file untouched) anything whose first line is not a spine trace header.
+
+        True: a complete header line. False: only a header cut off by a kill (safe to rewrite)."""
+        with open(self.path, "rb") as fh:
+            first = fh.readline(1 << 24)
+        if first.endswith(b"\n"):
+            try:
+                head = json.loads(first.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                head = None
+            if isinstance(head, dict) and head.get("type") == "header" and head.get("format") == TRACE_FORMAT:
+                if head.get("config_hash") != self.config_hash:  # refused before any repair touches it
+                    raise ValueError(
+                        f"trace file {self.path} was written by another run config (hash "
+                        f"{head.get('config_hash')} != {self.config_hash}); refusing to mix — use a new path")
+                return True
+        elif first.startswith(_HEADER_PREFIX):
+            # a header cut off by a kill: nothing else was ever written, so start afresh
+            warnings.warn(f"{self.path}: dropping a partial last line ({len(first)} bytes) left by an "
+                          "interrupted write", stacklevel=3)
+            return False
+        raise ValueError(f"{self.path} exists and is not a spine trace file (its first line is not a "
+                         f"{TRACE_FORMAT} header); refusing to write to it — pass a new trace path")
 
     def _repair_tail(self) -> bool:
         """Cut a partial last line left by a kill; False if not even the header survived."""

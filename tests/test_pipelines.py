@@ -387,7 +387,8 @@ def test_spine_eval_runs_every_pipeline_and_report_draws_the_frontier(capsys, ti
 @pytest.mark.parametrize("args, message", [
     (["--pipeline", "sc", "--scorer", "heuristic"], "--scorer does not apply to --pipeline sc"),
     (["--pipeline", "greedy", "--rounds", 2], "--rounds does not apply to --pipeline greedy"),
-    (["--pipeline", "bestofn", "--scorer", "judge"], "unknown scorer 'judge'; known: heuristic, mean_logprob"),
+    (["--pipeline", "bestofn", "--scorer", "prm"], "unknown scorer 'prm'; known: heuristic, judge, mean_logprob"),
+    (["--pipeline", "bestofn", "--scorer", "judge"], "judge scorer: needs scorer_args {endpoint: URL, model: NAME}"),
     (["--pipeline", "refine", "--rounds", -1], "refine: rounds must be an integer >= 0, got -1"),
     (["--pipeline", "sc", "--early_stop", "true", "--round_size", 0], "round_size must be an integer >= 1"),
     (["--pipeline", "beam"], "unknown pipeline 'beam'"),

@@ -263,17 +263,19 @@ def plot_curves(curves: dict[str, Counts], out_png: str | Path, *, title: str, x
         xs = sorted(counts)
         style = dict(linestyle=":", color="gray", mfc="none") if label in upper else {}
         _errbar(ax, xs, [counts[x] for x in xs], marker="o", label=label, **style)
-    for label, (c, n) in (baselines or {}).items():
+    for i, (label, (c, n)) in enumerate((baselines or {}).items()):
         acc = 100 * c / n if n else 0.0
-        ax.axhline(acc, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(f"{label} ({acc:.1f}%)", (0.01, acc), xycoords=("axes fraction", "data"),
-                    textcoords="offset points", xytext=(0, 3), fontsize=8, color="gray")
+        color = f"C{len(curves) + i}"
+        ax.axhline(acc, linestyle="--", linewidth=1, color=color, label=f"{label} ({acc:.1f}%, n={n})")
+        lo, hi = wilson_interval(c, n)
+        ax.axhspan(100 * lo, 100 * hi, color=color, alpha=0.12, linewidth=0)  # its 95% interval
     xs = sorted({x for c in curves.values() for x in c})
     if log2:
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
     ax.set_xticklabels([str(x) for x in xs])
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 100)  # the whole scale: a small gap is not drawn as a cliff
+    ax.legend(fontsize=7, loc="lower right")
     _save(fig, Path(out_png))
 
 
