@@ -27,21 +27,13 @@ from torch.utils.data import DataLoader
 
 from spine.instruct import load_records, prompt_text, split_records
 from spine.tokenizer import get_tokenizer
+from spine.instruct import _common_prefix
 from spine.trace_data import preference_pairs, split_by_key
 from spine.traces import read_traces
 
 from .splits import SplitLoaders
 
 PREFERENCE_FIELDS = ("chosen", "rejected")
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def collate_pairs(batch: list[dict], pad_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
