@@ -5,10 +5,12 @@ from .predictions import PredictionWriter
 from .progress import SpineModelSummary, SpineRichProgressBar, TextProgress
 from .reasoning_eval import ReasoningEval
 from .responses import ResponseWriter
+from .rl_plots import RLCurvePlot
 from .samples import SampleGeneration
 from .threads import TorchThreads
 from .throughput import TokenThroughputMonitor
 
-__all__ = ["CheckpointParityError", "LossCurvePlot", "PredictionWriter", "ReasoningEval", "ResponseWriter", "SampleGeneration",
-           "SpineCheckpoint", "SpineModelSummary", "SpineRichProgressBar", "TextProgress", "TokenThroughputMonitor", "TorchThreads",
+__all__ = ["CheckpointParityError", "LossCurvePlot", "PredictionWriter", "ReasoningEval", "RLCurvePlot", "ResponseWriter",
+           "SampleGeneration", "SpineCheckpoint", "SpineModelSummary", "SpineRichProgressBar", "TextProgress",
+           "TokenThroughputMonitor", "TorchThreads",
            "check_parity"]

@@ -27,7 +27,8 @@ def _all_gather_object(obj):
 
 
 class ReasoningEval(L.Callback):
-    """Evaluate `pipelines` on `problems` every `every_n_steps` steps and/or at the end of fit.
+    """Evaluate `pipelines` on `problems` every `every_n_steps` steps and/or at the end of fit (and,
+    with `at_fit_start`, before the first training step: the baseline of a fine-tuning curve).
 
     Each pipeline is a dict: {"name": "greedy"} or {"name": "sc", "n": 8, "temperature": 0.8}: its
     SamplingParams fields override `sampling`, the settings all pipelines share (max_new_tokens, stop).
@@ -45,7 +46,7 @@ class ReasoningEval(L.Callback):
                  pipelines: list[dict[str, Any]] | None = None, template: str = "synthetic",
                  sampling: SamplingParams = SamplingParams(max_new_tokens=64, stop=("\nQuestion:",)),
                  batch_size: int = 64, every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
-                 limit: int | None = None):
+                 limit: int | None = None, at_fit_start: bool = False):
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
         for spec in self.pipeline_specs:  # a typo in a pipeline should fail before training, not after
@@ -61,7 +62,7 @@ class ReasoningEval(L.Callback):
             raise ValueError(f"ReasoningEval: limit must be >= 1 (or None), got {limit}")
         self.sampling = sampling
         self.engine_args = dict(template=template, batch_size=batch_size)
-        self.every_n_steps, self.at_fit_end = every_n_steps, at_fit_end
+        self.every_n_steps, self.at_fit_end, self.at_fit_start = every_n_steps, at_fit_end, at_fit_start
         self.trace_dir, self.limit = trace_dir, limit
         self.results: list[dict[str, Any]] = []
         self._problems = None
@@ -120,6 +121,11 @@ class ReasoningEval(L.Callback):
 
     def setup(self, trainer, pl_module, stage):
         require_gatherable_weights(trainer, "ReasoningEval")
+
+    def on_train_start(self, trainer, pl_module):
+        # the starting point of a fine-tuning curve (a resumed fit re-reads that step's trace)
+        if self.at_fit_start:
+            self._run(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:

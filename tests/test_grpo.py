@@ -1,0 +1,300 @@
+"""The GRPO stage on tiny models: skipped groups run no forward/backward, the random-reward control,
+truncation masking, bad configs fail in one line, exact resume after SIGKILL, the book's config parses."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from callbacks import ReasoningEval, RLCurvePlot
+from datamodules import PromptDataModule
+from modules import GRPOModule
+from spine.checkpoint import save_checkpoint
+from spine.config import ModelConfig
+from spine.engine import SamplingParams
+from spine.model import GPT
+from spine.tokenizer import get_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+from fit_runner import run_in_process  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore:LightningCLI's args parameter")
+
+SOURCE = "synthetic:level=1,n=12,seed=1,split=train"
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    tok = get_tokenizer("byte")
+    cfg = ModelConfig.from_preset("gpt2-tiny", vocab_size=tok.vocab_size, context_length=128, d_model=32,
+                                  n_layer=2, n_head=2)
+    return save_checkpoint(tmp_path_factory.mktemp("policy") / "tiny", GPT(cfg), tok)
+
+
+def _module(policy_dir, **kw) -> GRPOModule:
+    args = dict(init_from=str(policy_dir), group_size=3, sampling=SamplingParams(temperature=1.0, max_new_tokens=6),
+                reward="rl_support.digit_count",
+                lr=1e-3, scheduler="constant")
+    args.update(kw)
+    return GRPOModule(**args)
+
+
+def _fit(module, tmp_path, batches=2, prompts_per_step=2, source=SOURCE, callbacks=()):
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, limit_val_batches=0, callbacks=list(callbacks))
+    trainer.fit(module, datamodule=PromptDataModule(source, prompts_per_step=prompts_per_step))
+    return trainer
+
+
+class _Counter:
+    """Counts forwards run with autograd on (the update's; rollouts decode under inference mode) and
+    gradient computations reaching the parameters."""
+
+    def __init__(self, model):
+        self.forwards = self.backwards = 0
+        model.register_forward_hook(self._fwd)
+        for p in model.parameters():
+            p.register_hook(self._bwd)
+
+    def _fwd(self, module, args, out):
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            self.forwards += 1
+
+    def _bwd(self, grad):
+        self.backwards += 1
+        return grad
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kw", [
+    {"reward": "rl_support.constant"},                          # every group has zero variance
+    {"reward": "rl_support.constant", "resample_budget": 2},    # redraws cannot help: still nothing
+    {"mask_truncated": True},                                   # every completion hits max_new_tokens
+])
+def test_nothing_to_learn_runs_no_forward_and_no_backward(policy_dir, tmp_path, kw):
+    module = _module(policy_dir, **kw)
+    counter = _Counter(module.model)
+    before = _weights(module.model)
+    trainer = _fit(module, tmp_path)
+    assert module.rollouts == 2
+    assert counter.forwards == 0 and counter.backwards == 0
+    assert trainer.global_step == 0                               # no optimizer step either
+    assert all(torch.equal(before[k], v) for k, v in module.model.state_dict().items())
+    if "mask_truncated" in kw:
+        assert module.last_metrics["rl/truncated_frac"] == 1.0    # (the premise of this case)
+    else:
+        assert module.last_metrics["rl/zero_variance_frac"] == 1.0
+
+
+def test_groups_with_spread_train(policy_dir, tmp_path):
+    module = _module(policy_dir, inner_updates=2, micro_batch_size=4)
+    counter = _Counter(module.model)
+    before = _weights(module.model)
+    held_out = ReasoningEval("synthetic:level=1,n=4,seed=7,split=eval", sampling=SamplingParams(max_new_tokens=4),
+                             at_fit_start=True, every_n_steps=2, trace_dir=str(tmp_path / "traces"))
+    plot = RLCurvePlot(dirpath=str(tmp_path))
+    trainer = _fit(module, tmp_path, callbacks=[held_out, plot])
+    m = module.last_metrics
+    trained = int(m["rl/trained_completions"])
+    assert trained == 3 * m["rl/groups_trained"] > 0
+    # per update: ceil(trained / 4) micro-batch forwards; 2 updates per rollout batch
+    assert trainer.global_step == 4
+    assert counter.forwards > 0 and counter.backwards > 0
+    assert any(not torch.equal(before[k], v) for k, v in module.model.state_dict().items())
+    # held-out accuracy before training (at_fit_start), after update 2 and at the end (step 4)
+    assert [r["step"] for r in held_out.results] == [0, 2, 4]
+    assert [x for x, _ in plot.history["reasoning/greedy_acc"]] == [0.0, 1.0, 2.0]  # at rollout batches
+    assert (tmp_path / "rl_curves.png").stat().st_size > 0
+    for key in ("rl/reward_mean", "rl/accuracy", "rl/entropy", "rl/clip_low_frac", "rl/clip_high_frac",
+                "rl/completion_len_max", "rl/truncated_frac", "rl/rollout_tokens_per_s", "rl/update_tokens_per_s"):
+        assert key in m
+
+
+def test_the_policy_moves_towards_the_reward(policy_dir, tmp_path):
+    """End to end, the sign is right: a reward with spread in every group (the ASCII share of a random
+    byte model's text, ~0.5) rises over 30 rollout batches (deterministic: fixed seeds, one thread)."""
+    torch.manual_seed(0)
+    module = _module(policy_dir, group_size=4, reward="rl_support.ascii_fraction", lr=3e-3,
+                     sampling=SamplingParams(temperature=1.0, max_new_tokens=8))
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(pl_module.last_metrics["rl/reward_mean"])
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=PromptDataModule("synthetic:level=1,n=40,seed=1,split=train", prompts_per_step=4))
+    assert len(seen) == 30
+    first, last = sum(seen[:5]) / 5, sum(seen[-5:]) / 5
+    assert 0.4 < first < 0.6 and last > first + 0.08, (first, last)
+
+
+def test_only_groups_with_spread_reach_the_update(policy_dir):
+    """Rows handed to the update are exactly those of groups whose rewards differ."""
+    module = _module(policy_dir, group_size=4)
+    problems = PromptDataModule(SOURCE, prompts_per_step=4)
+    problems.setup()
+    batch = next(iter(problems.train_dataloader()))
+    first = module.rollout(batch["problems"], batch["prompts"])
+    keep, info = module._select(batch["problems"], batch["prompts"], first)
+    r = first["rewards"].view(-1, 4)
+    spread = [(row != row[0]).any().item() for row in r]
+    assert len(keep["token_ids"]) == 4 * sum(spread)
+    assert info["rl/zero_variance_frac"] == pytest.approx(1 - sum(spread) / 4)
+
+
+def test_random_reward_control_permutes_the_steps_rewards(policy_dir):
+    problems = PromptDataModule(SOURCE, prompts_per_step=4)
+    problems.setup()
+    batch = next(iter(problems.train_dataloader()))
+    true = _module(policy_dir, group_size=4).rollout(batch["problems"], batch["prompts"])
+    ctl = _module(policy_dir, group_size=4, random_reward=True).rollout(batch["problems"], batch["prompts"])
+    # the same samples (same weights, same keyed noise) and the same true rewards ...
+    assert ctl["token_ids"] == true["token_ids"]
+    assert torch.equal(ctl["true_rewards"], true["rewards"])
+    # ... but the rewards the update sees are a permutation of them
+    assert sorted(ctl["rewards"].tolist()) == sorted(true["rewards"].tolist())
+    assert not torch.equal(ctl["rewards"], true["rewards"])
+
+
+# ----------------------------------------------------------------------------- bad configs, one line
+CLI_CONFIG = """
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: 1
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {root}
+model:
+  class_path: modules.GRPOModule
+  init_args:
+    init_from: {policy}
+    group_size: {group_size}
+    sampling: {{temperature: 1.0, max_new_tokens: {max_new_tokens}}}
+    reward: {reward}
+data:
+  class_path: datamodules.PromptDataModule
+  init_args:
+    source: "{source}"
+    prompts_per_step: 2
+"""
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"group_size": 1}, "group_size must be an integer >= 2"),
+    ({"reward": "rl_support.not_a_number"}, "returned 'yes' (str) for problem"),
+    ({"max_new_tokens": 100}, "exceeds the policy's context_length 128"),
+    ({"reward": "rl_support.missing"}, "cannot be imported"),
+])
+def test_bad_config_fails_in_one_line(policy_dir, tmp_path, capsys, kw, message):
+    args = dict(group_size=2, max_new_tokens=4, reward="rl_support.digit_count", source=SOURCE)
+    args.update(kw)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(CLI_CONFIG.format(root=tmp_path, policy=policy_dir, **args))
+    code, _ = run_in_process(["fit", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    line = next(x for x in err.splitlines() if x.startswith("spine fit: error:"))
+    assert message in line
+    assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- exact resume
+RESUME_CONFIG = """
+seed_everything: 4
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_steps: 8
+  default_root_dir: {root}
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{dirpath: {root}/ckpt, save_last: true, every_n_train_steps: 2, save_top_k: -1}}
+    - class_path: callbacks.SpineCheckpoint
+      init_args: {{dirpath: {root}/spine, on_save: false}}
+model:
+  class_path: modules.GRPOModule
+  init_args:
+    init_from: {policy}
+    group_size: 3
+    sampling: {{temperature: 1.0, max_new_tokens: 5, seed: 11}}
+    reward: rl_support.digit_count
+    random_reward: true
+    lr: 1.0e-3
+    warmup_steps: 2
+    log_kl: true
+data:
+  class_path: datamodules.PromptDataModule
+  init_args:
+    source: "synthetic:level=1,n=5,seed=1,split=train"
+    prompts_per_step: 2
+"""
+
+
+def _spine_fit(root: Path, policy: Path, *extra: str) -> subprocess.CompletedProcess:
+    root.mkdir(exist_ok=True)
+    cfg = root / "config.yaml"
+    cfg.write_text(RESUME_CONFIG.format(root=root, policy=policy))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "support"), str(REPO), env.get("PYTHONPATH", "")])
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "modules.cli", "fit", "--config", str(cfg), *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sigkill_then_resume_is_bitwise_identical(policy_dir, tmp_path):
+    """8 updates over 4 epochs of 2 rollout batches (5 problems, 2 per step: an epoch boundary and
+    mid-epoch positions both matter); killed after update 4 (checkpoint at 4), resumed."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    done = _spine_fit(ref, policy_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _spine_fit(run, policy_dir, "--trainer.callbacks+=killer.KillAtStep", "--trainer.callbacks.step=5")
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
+    assert not (run / "spine" / "final").exists()
+    resumed = _spine_fit(run, policy_dir, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(ref / "spine" / "final" / "model.safetensors")
+    b = load_file(run / "spine" / "final" / "model.safetensors")
+    start = load_file(policy_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # training moved the weights
+
+
+# ----------------------------------------------------------------------------- the book's recipe
+def test_book_config_parses(capsys):
+    import yaml
+
+    from modules.cli import main
+
+    path = REPO / "configs" / "grpo-qwen3-math.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exc.value.code in (0, None)
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    m, d = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    assert m["init_from"].startswith("hf:") and "Qwen3-0.6B-Base" in m["init_from"]
+    assert (m["group_size"], m["lr"], m["sampling"]["max_new_tokens"], m["kl_coef"]) == (8, 1e-5, 512, 0.0)
+    assert (m["sampling"]["temperature"], m["sampling"]["top_p"]) == (0.8, 0.9)
+    assert m["loss_aggregation"] == "sequence_sum" and m["reward"] == "boxed_correctness"
+    assert d["template"] == "math"
