@@ -50,7 +50,7 @@ def start_server(ckpt: Path, args) -> tuple[subprocess.Popen, str]:
            "--device", args.device, "--max_batch_size", str(args.max_batch_size),
            "--batch_window_ms", str(args.batch_window_ms)] + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     line = ""
     deadline = time.monotonic() + 300
     while "http://" not in line:

@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from spine.distributed import unsharded_copy
 from spine.reasoning.evaluate import evaluate, evaluate_sharded
@@ -17,6 +17,7 @@ from spine.reasoning.prompts import render_prompt
 from spine.traces import format_summary
 
 from .checkpoint import require_gatherable_weights
+from .progress import emit
 
 
 def _all_gather_object(obj):
@@ -54,7 +55,7 @@ class ReasoningEval(L.Callback):
             args = {k: v for k, v in spec.items() if k != "name"}
             try:
                 make_pipeline(spec["name"], sampling=sampling, **args)
-            except TypeError as e:
+            except (TypeError, ValueError) as e:  # unknown pipeline, options it does not take
                 raise ValueError(f"ReasoningEval: bad options for pipeline {spec['name']!r}: {e}") from None
         render_prompt("x", template)  # unknown template: fail now, listing the known ones
         if limit is not None and limit < 1:
@@ -114,7 +115,7 @@ class ReasoningEval(L.Callback):
                                  "trace": str(path)})
             if trainer.is_global_zero:
                 table = f"\n{format_summary(s)}"
-                rank_zero_info(f"[reasoning eval @ step {trainer.global_step}] {label}: accuracy {acc:.3f} "
+                emit(trainer, f"[reasoning eval @ step {trainer.global_step}] {label}: accuracy {acc:.3f} "
                                f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem{table}\n"
                                f"traces: {path}")
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import lightning.pytorch as L
-from lightning.pytorch.utilities import rank_zero_info
 
 from spine.distributed import unsharded_copy
 from spine.engine import Engine
 from spine.params import SamplingParams
 
 from .checkpoint import require_gatherable_weights
+from .progress import emit
 
 
 class SampleGeneration(L.Callback):
@@ -44,7 +44,7 @@ class SampleGeneration(L.Callback):
                 self.history.append((trainer.global_step, prompt, c.text))
                 lines.append(f"{prompt!r} -> {c.text!r}")
         if trainer.is_global_zero:
-            rank_zero_info(f"[samples @ step {trainer.global_step}]\n  " + "\n  ".join(lines))
+            emit(trainer, f"[samples @ step {trainer.global_step}]\n  " + "\n  ".join(lines))
             exp = getattr(trainer.logger, "experiment", None)
             if exp is not None and hasattr(exp, "add_text"):
                 exp.add_text("samples", "\n\n".join(lines), trainer.global_step)

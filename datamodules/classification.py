@@ -57,7 +57,13 @@ def read_table(path: str | Path, format: str = "auto") -> list[list[str]]:
         format = "csv" if p.suffix.lower() == ".csv" else "tsv"
     if format not in ("csv", "tsv"):
         raise ValueError(f"format must be 'auto', 'csv' or 'tsv', got {format!r}")
-    text = p.read_text(encoding="utf-8-sig")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{p}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at offset {e.start}, line {line}); "
+                         "save the file as UTF-8") from None
     if not text.strip():
         raise ValueError(f"{p}: the file is empty")
     if format == "tsv":
@@ -277,6 +283,17 @@ class ClassificationDataModule(SplitLoaders, L.LightningDataModule):
             if len(r) < width:
                 raise ValueError(f"{src}: row {i + first} has {len(r)} column(s), expected at least {width}: {r[:3]}")
         texts = [r[t_idx] for r in data]
+        if h.text_column is None and h.label_column is None and data is rows and not h.label_map and len(data) > 2:
+            # the headerless label<TAB>text default: a header row with other names would become a class
+            first_label, rest = data[0][l_idx].strip(), [r[l_idx].strip() for r in data[1:]]
+            is_int = [x.lstrip("-").isdigit() for x in rest]
+            header_like = first_label not in rest and (
+                (all(is_int) and not first_label.lstrip("-").isdigit())  # "label_id" over integer labels
+                or min(rest.count(x) for x in set(rest)) >= 2)           # a one-off name among real classes
+            if header_like:
+                raise ValueError(f"{src}: row 1 {data[0][:2]} looks like a header (its label {first_label!r} occurs "
+                                 "nowhere else) but has no 'text'/'label' columns; name them with text_column and "
+                                 "label_column, or pass label_map")
         labels, names = map_labels([r[l_idx] for r in data], h.label_map, self._num_classes_arg, src, first)
         C = len(names)
         if C < 2:
@@ -298,6 +315,10 @@ class ClassificationDataModule(SplitLoaders, L.LightningDataModule):
         if L_ < 1:
             raise ValueError(f"max_length must be >= 1, got {L_}")
         self._max_length = L_
+        if h.drop_last and len(train_ids) < h.batch_size:
+            raise ValueError(f"{src}: {len(train_ids)} training example(s) (of {len(texts)} rows, {len(keep)} after "
+                             f"balancing) make no full batch of batch_size={h.batch_size}; lower batch_size or set "
+                             "drop_last: false")
         # truncation policy: keep the first max_length tokens
         self._splits = {name: [(encoded[keep[i]][:L_], labels[keep[i]]) for i in idx]
                         for name, idx in zip(("train", "val", "test"), parts)}

@@ -19,6 +19,10 @@ from spine.tokenizer import get_tokenizer
 from .splits import SplitLoaders
 
 
+# without max_length the context is the longest record, up to this many tokens (more is refused)
+MAX_AUTO_CONTEXT = 8192
+
+
 def _collate(batch: list[Encoded], pad_id: int, mask_prompt: bool, max_length: int | None):
     return collate([e.ids for e in batch], pad_id=pad_id,
                    prompt_lens=[e.prompt_len for e in batch] if mask_prompt else None, max_length=max_length)
@@ -72,9 +76,29 @@ class InstructionDataModule(SplitLoaders, L.LightningDataModule):
         for name, recs in (("train", self.train_data), ("val", self.val_data), ("test", self.test_data)):
             self._encoded[name] = encode_records(recs, self.tokenizer, template, max_length, truncate,
                                                  offset=offsets[name])
+        if max_length is None:
+            self._check_lengths(path, tokenizer, offsets)
         longest = max(len(e.ids) for enc in self._encoded.values() for e in enc)
         # what LightningCLI links into the model's context_length
         self.context_length: int = max_length if max_length is not None else longest
+        if drop_last and len(self.train_data) < batch_size:
+            raise ValueError(f"{path}: {len(self.train_data)} training record(s) (of {len(records)}, train_frac="
+                             f"{train_frac}) make no full batch of batch_size={batch_size}; lower batch_size, add "
+                             "records or set drop_last: false")
+
+    def _check_lengths(self, path: str, tokenizer: str, offsets: dict[str, int]) -> None:
+        """Without max_length the context is the longest record: refuse one that no model could take
+        (a single huge record would otherwise size the model's positions and run out of memory)."""
+        from .classification import _context_cap
+
+        cap = _context_cap(tokenizer, None) or MAX_AUTO_CONTEXT
+        for name, enc in self._encoded.items():
+            for i, e in enumerate(enc):
+                if len(e.ids) > cap:
+                    raise ValueError(
+                        f"{path}: record {offsets[name] + i} has {len(e.ids)} tokens, more than {cap} (the "
+                        f"{'checkpoint' if cap != MAX_AUTO_CONTEXT else 'automatic'} context limit); set max_length "
+                        "(and truncate: true to cut long records) or remove the record")
 
     def prompt(self, record: dict) -> str:
         """The inference prompt of a record (instruction + input + response header)."""

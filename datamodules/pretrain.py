@@ -75,6 +75,32 @@ class PretrainDataModule(L.LightningDataModule):
     `use_distributed_sampler=False`; otherwise Lightning would wrap it again, and
     `train_dataloader` raises. Val/test are sharded the same way (padded by wrapping, like
     Lightning's default, so up to world_size - 1 windows count twice).
+
+    Args:
+        source: text to train on: a file, glob or directory of *.txt, `URL#sha256=HEX`, `hf:NAME[:CONFIG]`
+            (a Hugging Face dataset), `hf-disk:PATH`, `synthetic` (generated arithmetic problems), or a
+            list of these.
+        tokenizer: "gpt2", "byte", "bpe" (trained on the corpus) or a saved-tokenizer directory.
+        vocab_dir: directory with GPT-2's encoder.json + vocab.bpe (offline GPT-2 tokenizer).
+        context_length: tokens per training window.
+        stride: step between train windows (default: context_length, no overlap).
+        sampling: "sliding" (windows at a stride) or "random" (random offsets each epoch).
+        samples_per_epoch: windows per epoch with sampling=random.
+        batch_size: windows per batch (per device).
+        val_fraction: share of the token stream held out for validation (its end).
+        seed: shuffling seed.
+        shuffle: shuffle the train windows.
+        drop_last: drop the last incomplete batch.
+        num_workers: DataLoader workers.
+        cache_dir: token cache directory (default $SPINE_CACHE_DIR or ~/.cache/spine).
+        sha256: expected sha256 of a single-file source.
+        encoding_errors: "strict" (non-UTF-8 bytes are an error naming file and offset) or "replace".
+        hf_split: split of an hf: dataset.
+        hf_text_column: text column of an hf: dataset.
+        hf_streaming: stream an hf: dataset instead of downloading it whole.
+        synthetic_problems: problems generated for source=synthetic.
+        synthetic_levels: difficulty levels of the synthetic problems.
+        bpe_vocab_size: vocabulary of tokenizer=bpe.
     """
 
     def __init__(self, source: str | list[str] = "synthetic", tokenizer: str = "gpt2", vocab_dir: str | None = None,
@@ -205,7 +231,7 @@ class PretrainDataModule(L.LightningDataModule):
         key = cache_key(src.fingerprint, self.tokenizer)
         self._token_path = tokenize_to_cache(src.documents, self.tokenizer, self.cache_dir, key,
                                              source_fingerprint=src.fingerprint, description=src.description)
-        self._check_sizes(len(load_tokens(self._token_path)))
+        self._check_sizes(len(load_tokens(self._token_path, verify=False)))  # setup verifies the bytes
 
     def _check_sizes(self, n: int) -> int:
         """Validate the corpus size; return the train/val split point."""

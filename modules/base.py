@@ -5,6 +5,8 @@ The mathematics lives in `spine`; this class only wires it into Lightning's hook
 """
 from __future__ import annotations
 
+import math
+import os
 import random
 from typing import Any
 
@@ -57,6 +59,54 @@ def build_model(
     return net, tokenizer
 
 
+def validate_hparams(*, lr: float, weight_decay: float, betas: Any, warmup_steps: int, min_lr_ratio: float,
+                    scheduler: str) -> None:
+    """One ValueError line naming the optimisation setting that cannot work."""
+    def real(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not real(lr) or lr <= 0:
+        raise ValueError(f"--model.init_args.lr must be a positive number, got {lr!r}")
+    if not real(weight_decay) or weight_decay < 0:
+        raise ValueError(f"--model.init_args.weight_decay must be >= 0, got {weight_decay!r}")
+    if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+            or not all(real(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"--model.init_args.betas must be two numbers in [0, 1), got {betas!r}")
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise ValueError(f"--model.init_args.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if not real(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"--model.init_args.min_lr_ratio must be in [0, 1] (the final lr as a fraction of lr), "
+                         f"got {min_lr_ratio!r}")
+    if scheduler not in ("cosine", "constant"):
+        raise ValueError(f"--model.init_args.scheduler must be 'cosine' or 'constant', got {scheduler!r}")
+
+
+def check_resumable(checkpoint: dict, model: GPT, own_state: dict[str, torch.Tensor]) -> None:
+    """Refuse, in one line, a training checkpoint that does not fit this module's model, or whose
+    weights hold NaN/Inf (Lightning would fail deep in `load_state_dict`, or train on NaNs)."""
+    stored = checkpoint.get(MODEL_CONFIG_KEY)
+    if isinstance(stored, dict):
+        ours = model.config.to_dict()
+        diff = sorted(k for k in ours if k not in ("name", "dropout", "extra", "family") and stored.get(k) != ours[k])
+        if diff:
+            listed = ", ".join(f"{k}: checkpoint={stored.get(k)!r} model={ours[k]!r}" for k in diff[:6])
+            raise ValueError(f"--ckpt_path: the checkpoint holds another model ({listed}); resume with the config "
+                             "it was trained with")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        return
+    for name, t in state.items():
+        mine = own_state.get(name)
+        if isinstance(t, torch.Tensor) and mine is not None and tuple(t.shape) != tuple(mine.shape) \
+                and not hasattr(mine, "device_mesh"):
+            raise ValueError(f"--ckpt_path: tensor {name!r} has shape {list(t.shape)} in the checkpoint but "
+                             f"{list(mine.shape)} in this model; resume with the config it was trained with")
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not hasattr(t, "device_mesh") \
+                and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"--ckpt_path: tensor {name!r} holds NaN/Inf values; the checkpoint is corrupt or "
+                             "its run diverged — resume from an earlier one")
+
+
 def _np_state_to_plain(state) -> dict:
     name, keys, pos, has_gauss, cached = state
     return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -93,9 +143,32 @@ class SpineModule(L.LightningModule):
         fused_adam: bool | None = None,
         init: str = "gpt2",
     ):
-        """`init`: weight init of a fresh model, "gpt2" (N(0, 0.02), nanoGPT/HF) or "torch" (PyTorch
-        defaults, as the book's GPTModel). Ignored when starting from `init_from`."""
+        """A training stage over a `GPT` built from a preset or loaded from a checkpoint.
+
+        Args:
+            model: preset name: gpt2-124m, gpt2-355m, gpt2-774m, gpt2-1558m, qwen3-0.6b, qwen3-1.7b,
+                qwen3-4b, qwen3-8b, gpt2-tiny, qwen3-tiny (`spine.config.PRESETS`).
+            model_overrides: ModelConfig fields that replace the preset's, e.g. {d_model: 128, n_layer: 4}.
+            init_from: start from a spine checkpoint directory, or hf:PATH (a Hugging Face GPT-2/Qwen3
+                directory); `model`, `model_overrides` and `init` are then ignored.
+            vocab_size: set by the data module (linked); the model's vocabulary.
+            context_length: set by the data module (linked); the model's context.
+            pad_id: set by the data module (linked); the padding id.
+            lr: peak learning rate of AdamW.
+            weight_decay: AdamW weight decay (not applied to norms, biases, embeddings).
+            betas: AdamW betas.
+            warmup_steps: linear warmup steps before the schedule.
+            min_lr_ratio: the cosine schedule ends at lr * min_lr_ratio.
+            scheduler: "cosine" (linear warmup, then cosine to min_lr_ratio over the run's steps) or
+                "constant" (warmup, then lr).
+            compile: torch.compile the model (the loss step as one graph).
+            fused_adam: fused AdamW kernel (None: on CUDA only).
+            init: weight init of a fresh model: "gpt2" (N(0, 0.02), nanoGPT/HF) or "torch" (PyTorch
+                defaults, as the book's GPTModel). Ignored when starting from `init_from`.
+        """
         super().__init__()
+        validate_hparams(lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+                         min_lr_ratio=min_lr_ratio, scheduler=scheduler)
         self.save_hyperparameters()
         self.model, self.tokenizer = build_model(model, model_overrides, init_from, vocab_size, context_length, init)
         self.pad_id = pad_id
@@ -156,9 +229,27 @@ class SpineModule(L.LightningModule):
                             gradient_clip_algorithm=gradient_clip_algorithm)
 
     def setup(self, stage: str) -> None:
+        from .checkpoint_io import use_spine_checkpoint_io
+
+        use_spine_checkpoint_io(self.trainer)  # atomic, checksummed .ckpt files (unless the user chose an IO)
+        self._make_checkpoint_dirs()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
             self.tokenizer = dm.tokenizer
+
+    def _make_checkpoint_dirs(self) -> None:
+        """Rank 0 creates every ModelCheckpoint directory now, before the barrier that ends setup.
+
+        Otherwise the first sharded save (ModelParallelStrategy: every rank calls
+        `mkdir(parents=True)` on its shard directory) creates the parent on whichever rank gets
+        there first, so which rank writes outside its own shard depended on timing."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            dirpath = getattr(cb, "dirpath", None)
+            if dirpath and "://" not in str(dirpath):
+                os.makedirs(dirpath, exist_ok=True)
 
     def forward(self, idx: torch.Tensor, **kw) -> torch.Tensor:
         return self.model(idx, **kw)
@@ -229,6 +320,7 @@ class SpineModule(L.LightningModule):
             checkpoint[TOKENIZER_FILES_KEY] = self._tokenizer_files
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumable(checkpoint, self.model, self.state_dict())
         rng = checkpoint.get("spine_rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -5,8 +5,11 @@
     spine_tokenizer.json + files   the tokenizer's own `save(directory)`, when one was given
     manifest.json       {format, version, files: {name: {sha256, bytes}}, metadata}
 
-Writes are atomic: everything is built in a temporary sibling directory and renamed into place,
-so the target path only ever holds a complete checkpoint. Loading verifies every file against
+Writes are atomic: everything is built in a temporary sibling directory and swapped into place in
+one step (`renameat2(RENAME_EXCHANGE)` on Linux), so the target path only ever holds a complete
+checkpoint; where the swap is unsupported, a kill between the two renames is repaired on the next
+read or write (the newest complete sibling is put back). Debris of killed writers is removed by the
+next write. Replacing a checkpoint never deletes a file the checkpoint did not write. Loading verifies every file against
 the manifest and reads weights only through safetensors (never pickle). The model is built on the
 meta device and materialised once, so a large preset never exists twice in memory.
 """
@@ -16,12 +19,12 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from .atomic import exchange_dirs, fsync_dir, remove_stale_siblings, stale_siblings, temp_sibling, write_error
 from .config import ModelConfig
 from .model import GPT
 
@@ -34,6 +37,7 @@ WEIGHTS = "model.safetensors"
 NON_ARCH_FIELDS = frozenset({"name", "dropout", "extra", "family"})
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_config", "checkpoint_sha256", "load_weights_into",
+           "recover_checkpoint_dir", "confined", "check_finite", "check_tokenizer_covers",
            "empty_model", "read_safetensors", "FORMAT", "VERSION"]
 
 
@@ -51,17 +55,7 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir
 
 
 def _tree_files(root: Path) -> list[Path]:
@@ -130,16 +124,24 @@ def save_checkpoint(directory: str | Path, model: GPT, tokenizer: Any | None = N
     from safetensors.torch import save_file
 
     target = Path(directory).expanduser().absolute()
+    recover_checkpoint_dir(target)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"checkpoint target {target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not _is_spine_checkpoint(target):
-        # Replacing would delete the user's files: only ever replace a previous checkpoint.
-        raise FileExistsError(f"checkpoint target {target} is a non-empty directory that is not a spine "
-                              "checkpoint; refusing to replace it")
+    if target.is_dir() and any(target.iterdir()):
+        if not _is_spine_checkpoint(target):
+            # Replacing would delete the user's files: only ever replace a previous checkpoint.
+            raise FileExistsError(f"checkpoint target {target} is a non-empty directory that is not a spine "
+                                  "checkpoint; refusing to replace it")
+        foreign = _foreign_files(target)
+        if foreign:
+            raise FileExistsError(f"checkpoint target {target} holds files the checkpoint did not write "
+                                  f"({', '.join(foreign[:4])}{' …' if len(foreign) > 4 else ''}); replacing it would "
+                                  "delete them: move them out or choose another path")
     if tokenizer is not None:
         from .tokenizer import check_vocab_fits
 
         check_vocab_fits(tokenizer, model.config.vocab_size, where=f"save_checkpoint({target})")
+        check_tokenizer_covers(tokenizer, model.config.vocab_size, where=f"save_checkpoint({target})")
     meta = dict(metadata or {})
     try:
         json.dumps(meta)
@@ -147,10 +149,16 @@ def save_checkpoint(directory: str | Path, model: GPT, tokenizer: Any | None = N
         raise TypeError(f"save_checkpoint: metadata must be JSON-serialisable ({e})") from None
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_siblings(target)
+    tmp = temp_sibling(target)
     tmp.mkdir()
     try:
-        save_file(_state_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        try:
+            save_file(_state_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        except OSError:
+            raise
+        except Exception as e:  # SafetensorError (e.g. a full disk) is not an OSError
+            raise write_error(target / WEIGHTS, e, "weights") from e
         model.config.to_json(tmp / CONFIG)
         if tokenizer is not None:
             tokenizer.save(tmp)
@@ -163,6 +171,11 @@ def save_checkpoint(directory: str | Path, model: GPT, tokenizer: Any | None = N
         _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
         _replace_dir(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if str(target) in str(e):
+            raise
+        raise write_error(target, e, "checkpoint") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -176,21 +189,59 @@ def _is_spine_checkpoint(path: Path) -> bool:
         return False
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target`; an existing target is moved aside first and deleted last."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
+def _foreign_files(path: Path) -> list[str]:
+    """Files under a spine checkpoint directory that its manifest does not list."""
     try:
-        os.rename(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)  # put the previous checkpoint back
-        raise
+        listed = set(json.loads((path / MANIFEST).read_text()).get("files", {})) | {MANIFEST}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [p.relative_to(path).as_posix() for p in _tree_files(path) if p.relative_to(path).as_posix() not in listed]
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Put the complete directory `tmp` at `target` in one step; the previous target is deleted last.
+
+    With RENAME_EXCHANGE the swap is atomic. Without it, the old target is renamed aside first; a
+    kill between the two renames leaves no `target`, which `recover_checkpoint_dir` repairs."""
+    if target.exists() and exchange_dirs(tmp, target):
+        old = tmp  # after the swap, tmp's name holds the previous checkpoint
+    else:
+        old = None
+        if target.exists():
+            old = temp_sibling(target, "old")
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.rename(old, target)  # put the previous checkpoint back
+            raise
     _fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _complete(path: Path) -> bool:
+    try:
+        _verify(path, _read_manifest(path))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def recover_checkpoint_dir(target: str | Path) -> Path | None:
+    """If `target` is missing because a writer was killed between two renames, put back the newest
+    complete checkpoint among its temporary siblings (verified against its manifest). Returns it."""
+    target = Path(target).expanduser()
+    if target.exists() or not target.parent.is_dir():
+        return None
+    candidates = [p for p in stale_siblings(target) if p.is_dir() and _complete(p)]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda p: (p / MANIFEST).stat().st_mtime)
+    os.rename(best, target)
+    _fsync_dir(target.parent)
+    return target
 
 
 # ---------------------------------------------------------------------------- load
@@ -212,12 +263,35 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
+def confined(directory: Path, name: Any, where: str) -> Path:
+    """`directory / name` for a file name read from a manifest or spec; refused unless it is a
+    relative path that stays inside `directory` (no absolute path, no `..`, no symlink out)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"{where}: file name {name!r} is not a valid relative path")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or rel.drive:
+        raise ValueError(f"{where}: file name {name!r} points outside {directory}; refusing to read it")
+    p = directory / rel
+    root = directory.resolve()
+    try:
+        p.resolve().relative_to(root)
+    except ValueError:
+        raise ValueError(f"{where}: file {name!r} resolves outside {directory} (a symlink?); refusing to read it") from None
+    return p
+
+
 def _verify(directory: Path, manifest: dict) -> None:
+    where = str(directory / MANIFEST)
     for name, entry in manifest["files"].items():
-        p = directory / name
+        p = confined(directory, name, where)
         if not p.is_file():
             raise FileNotFoundError(f"{directory}: {MANIFEST} lists {name!r} but the file is missing")
         expected = entry.get("sha256") if isinstance(entry, dict) else None
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        if isinstance(size, int) and p.stat().st_size != size:
+            # checked before hashing: a truncated file is named at once, and a huge one is never read
+            raise ValueError(f"{p}: {p.stat().st_size} bytes, but {MANIFEST} records {size} "
+                             "(the file was truncated or replaced)")
         actual = _sha256(p)
         if actual != expected:
             raise ValueError(f"{p}: sha256 mismatch: manifest records {expected}, file has {actual} "
@@ -227,6 +301,11 @@ def _verify(directory: Path, manifest: dict) -> None:
 def _check_dir(directory: str | Path) -> Path:
     d = Path(directory).expanduser()
     if not d.is_dir():
+        recover_checkpoint_dir(d)
+    if not d.is_dir():
+        if d.is_file() and d.suffix == ".ckpt":
+            raise ValueError(f"{d} is a Lightning training checkpoint, not a spine checkpoint directory; "
+                             f"convert it first: spine consolidate {d} OUT_DIR")
         raise FileNotFoundError(f"checkpoint directory not found: {d}")
     return d
 
@@ -298,6 +377,7 @@ def load_checkpoint(directory: str | Path, *, map_location: str | torch.device =
         dtype = _dtype_of(tensors["tok_emb.weight"])
     model = empty_model(cfg, device=map_location, dtype=dtype)
     _fill(model, tensors, weights, strict=True)
+    check_finite(model, weights)
     model.eval()
     tokenizer = None
     from .tokenizer import TOKENIZER_SPEC_FILE, check_vocab_fits, load_tokenizer
@@ -305,7 +385,27 @@ def load_checkpoint(directory: str | Path, *, map_location: str | torch.device =
     if (d / TOKENIZER_SPEC_FILE).is_file():
         tokenizer = load_tokenizer(d)
         check_vocab_fits(tokenizer, cfg.vocab_size, where=str(d))
+        check_tokenizer_covers(tokenizer, cfg.vocab_size, where=str(d))
     return model, tokenizer
+
+
+@torch.no_grad()
+def check_finite(model: torch.nn.Module, where: Any) -> None:
+    """Raise ValueError naming the first parameter holding NaN or Inf (a diverged or corrupt checkpoint)."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{where}: tensor {name!r} holds {n_bad} NaN/Inf value(s); the checkpoint is corrupt "
+                             "or its run diverged — use an earlier checkpoint")
+
+
+def check_tokenizer_covers(tokenizer: Any, model_vocab_size: int, where: str) -> None:
+    """Refuse a tokenizer smaller than the model's vocabulary: the model would emit ids it cannot decode."""
+    n = getattr(tokenizer, "vocab_size", None)
+    if isinstance(n, int) and n < model_vocab_size:
+        raise ValueError(f"{where}: tokenizer {getattr(tokenizer, 'name', '?')!r} has {n} ids but the model's "
+                         f"vocab_size is {model_vocab_size}: generated ids >= {n} could not be decoded; "
+                         "use the tokenizer the model was trained with")
 
 
 def load_weights_into(model: GPT, directory: str | Path, *, strict: bool = True) -> None:

@@ -205,6 +205,11 @@ def eval_(
     enable_thinking: bool = False,
     pipeline: str = "greedy",
     sampling: SamplingParams = SamplingParams(max_new_tokens=256),
+    scorer: Optional[str] = None,
+    scorer_args: Optional[dict] = None,
+    rounds: Optional[int] = None,
+    early_stop: Optional[bool] = None,
+    round_size: Optional[int] = None,
     batch_size: int = 16,
     traces: Optional[str] = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
@@ -225,8 +230,16 @@ def eval_(
         template: prompt template (math, math_cot, plain, synthetic).
         chat: wrap the prompt in the tokenizer's chat template (Qwen3).
         enable_thinking: let a chat model think (<think>...</think>) before answering.
-        pipeline: greedy (one sample per problem) or sc (self-consistency: n samples, majority vote), or any
-            registered pipeline.
+        pipeline: greedy (one sample per problem), sc (self-consistency: n samples, majority vote), bestofn
+            (n samples, the best by --scorer), refine (draft -> critique -> revise, --rounds), or any registered
+            pipeline (docs/pipelines.md).
+        scorer: bestofn / refine: mean_logprob, sum_logprob, heuristic, self_verify, judge, or oracle (reads
+            the gold answer: an upper bound, never a method).
+        scorer_args: options of the scorer as JSON, e.g. '{"endpoint": "http://host:8000", "model": "judge"}'
+            for judge, '{"brevity_chars": 300}' for heuristic.
+        rounds: refine: the most critique -> revise rounds (default 3).
+        early_stop: sc: draw in rounds and stop once the leading answer can no longer be overtaken.
+        round_size: sc with early_stop: samples drawn per round after the first n // 2 + 1.
         sampling: how to sample (--sampling.max_new_tokens, --sampling.temperature, --sampling.n,
             --sampling.top_k, --sampling.top_p, --sampling.seed, --sampling.stop; or `sampling:` in a --config
             YAML). sc samples at temperature 0.8 with n=8 unless told otherwise; the synthetic template
@@ -241,8 +254,8 @@ def eval_(
     """
     from .engine import hf_path
     from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
-    from .reasoning.pipelines import ProblemEngine, make_pipeline
-    from .reasoning.problems import load_problems
+    from .reasoning.pipelines import ProblemEngine, make_pipeline, pipeline_options
+    from .reasoning.problems import load_problems, validate_problems
     from .reasoning.prompts import render_prompt
     from .traces import config_hash, format_summary
 
@@ -252,7 +265,12 @@ def eval_(
         raise ValueError(f"--limit must be >= 1, got {limit}")
     if template == "synthetic" and not sampling.stop:
         sampling = dataclasses.replace(sampling, stop=("\nQuestion:",))
-    pipe = make_pipeline(pipeline, sampling=sampling)
+    options = {k: v for k, v in (("scorer", scorer), ("scorer_args", scorer_args), ("rounds", rounds),
+                                 ("early_stop", early_stop), ("round_size", round_size)) if v is not None}
+    bad = [f"--{k}" for k in options if k not in pipeline_options(pipeline)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} does not apply to --pipeline {pipeline} (see spine eval --help)")
+    pipe = make_pipeline(pipeline, sampling=sampling, **options)
     params = pipe.sampling
     fields = {k: v for k, v in (("prompt_field", prompt_field), ("answer_field", answer_field),
                                 ("id_field", id_field)) if v is not None}
@@ -261,6 +279,7 @@ def eval_(
     except TypeError as e:  # option combinations the loader rejects
         raise ValueError(str(e)) from None
     probs = probs[:limit] if limit else probs
+    validate_problems(probs, where=problems)  # before the model loads: nothing generated for a bad file
     source, extra = source_identity(problems)
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer
@@ -269,43 +288,54 @@ def eval_(
     extra["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # bf16 and fp32 answers differ
     engine = ProblemEngine(model, tok, template=template, chat=chat, enable_thinking=enable_thinking,
                            batch_size=batch_size)
+    validate_problems(probs, where=problems, engine=engine, context_length=model.config.context_length,
+                      max_new_tokens=params.max_new_tokens)
     sha = checkpoint_identity(checkpoint)
-    label = f"{pipeline}{params.n}" if params.n > 1 else pipeline
+    label = pipe.label() if callable(getattr(pipe, "label", None)) else pipeline
     if traces is None:
         cfg = run_config(engine, pipe, source=source, checkpoint_sha256=sha, extra=extra)
         name = Path(hf_path(checkpoint) or checkpoint).expanduser().resolve().name
         traces = str(Path("runs") / "eval" / f"{_slug(name)}-{label}-{config_hash(cfg)[:8]}.jsonl")
 
-    def progress(done: int, total: int) -> None:
-        print(f"[spine eval] {done}/{total} problems", file=sys.stderr, flush=True)
+    from .progress import ProgressLine
 
+    progress = ProgressLine("[spine eval]", unit="problems")
     report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
                       chunk_size=max(1, batch_size * 4 // params.n), progress=progress)
     resumed = f", {report.skipped} resumed from the trace file" if report.skipped else ""
-    print(f"{checkpoint} | {problems} | {label}, temperature {params.temperature} | {len(probs)} problems{resumed}")
+    bound = " (oracle: an upper bound, not a method)" if getattr(getattr(pipe, "scorer", None), "upper_bound", False) else ""
+    print(f"{checkpoint} | {problems} | {label}{bound}, temperature {params.temperature} | {len(probs)} problems{resumed}")
     print(format_summary(report.summary))
     print(f"traces: {report.trace_path}")
     return 0
 
 
 @command("report", variadic=("traces", "trace JSONL files written by spine eval / validate / ReasoningEval"))
-def report(traces: list[str], png: Optional[str] = None,
+def report(traces: list[str], png: Optional[str] = None, frontier: Optional[str] = None,
+           rounds_png: Optional[str] = None,
            group_by: list[str] = ["level", "subject"]) -> int:  # noqa: B006 (jsonargparse reads the default)
-    """Summarize trace files: accuracy tables and, for self-consistency runs, accuracy vs samples.
+    """Summarize trace files: accuracy and cost tables, the compute/quality frontier, accuracy vs k and vs round.
 
     Args:
         traces: trace JSONL files.
-        png: write the accuracy-vs-samples plot of the self-consistency traces here.
+        png: write accuracy vs samples per problem here (self-consistency votes and best-of-N's best of k).
+        frontier: write accuracy vs mean generated tokens per problem of all the runs here (one chart).
+        rounds_png: write accuracy vs round of the self-refinement runs here.
         group_by: metadata keys that get one table row per value.
     """
     from .reasoning.grade import answers_equivalent
     from .reasoning.report import report as _report
 
-    _report(traces, png, equivalent=answers_equivalent, group_by=group_by, print_it=True)
+    for name, value in (("--png", png), ("--frontier", frontier), ("--rounds_png", rounds_png)):
+        if value is not None and not value.lower().endswith(".png"):
+            raise ValueError(f"{name} {value}: expected a .png file name")
+    _report(traces, png, equivalent=answers_equivalent, group_by=group_by, frontier_png=frontier,
+            rounds_png=rounds_png, print_it=True)
     return 0
 
 
 from .serve import commands as _serve_commands  # noqa: E402,F401  (registers serve, chat, judge)
+from . import ladder_commands  # noqa: E402,F401  (registers `ladder` and `ladder-report`)
 
 
 # ---------------------------------------------------------------------------- parser / main
@@ -314,10 +344,10 @@ def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="spine", description="spine tools (Trainer stages: spine fit|validate|test|"
-                            "predict)", exit_on_error=False)
+                            "predict)", exit_on_error=False, allow_abbrev=False)
     subcommands = parser.add_subcommands(dest="subcommand")
     for name, fn in COMMANDS.items():
-        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False)
+        sub = ArgumentParser(prog=f"spine {name}", exit_on_error=False, allow_abbrev=False)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of the options")
         if name in _VARIADIC:
             param, help_text = _VARIADIC[name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,12 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "n_kv_head", "head_dim", "d_ff",
+                     "pad_vocab_to"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r} "
+                                 f"({type(value).__name__})")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -68,6 +75,23 @@ class ModelConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ValueError naming the offending field when the config cannot build a model."""
+        # types first: "false" (a string) would be truthy, "0.1" or null would fail deep inside torch
+        for name in ("qk_norm", "qkv_bias", "bias", "tie_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"ModelConfig.{name} must be true or false, got {value!r} "
+                                 f"({type(value).__name__})")
+        for name in ("rope_theta", "norm_eps", "dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"ModelConfig.{name} must be a number, got {value!r} ({type(value).__name__})")
+        for name in ("name", "family"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"ModelConfig.{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"ModelConfig.extra must be an object, got {self.extra!r}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta}")
         positive = ["vocab_size", "context_length", "d_model", "n_layer", "n_head", "n_kv_head",
                     "head_dim", "d_ff", "pad_vocab_to"]
         for name in positive:

@@ -21,6 +21,7 @@ does not fit in memory into several files (encoding is then streamed in ~8 MB gr
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -163,8 +164,10 @@ def tokenize_to_cache(
     n_tokens = n_docs = 0
     eos = np.array([tokenizer.eos_id], dtype=dtype)
     fd, tmp = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{key}.", suffix=".tmp")
+    digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as raw:
+            f = _Hashing(raw, digest)
             for arrays in _encode_groups(documents, tokenizer):
                 for arr in arrays:
                     if arr.size == 0:
@@ -179,22 +182,50 @@ def tokenize_to_cache(
                     n_docs += 1
         meta = {"format": CACHE_FORMAT, "n_tokens": n_tokens, "n_documents": n_docs, "dtype": dtype.name,
                 "tokenizer": tokenizer_identity(tokenizer), "source_fingerprint": source_fingerprint,
-                "source": description, "seconds": round(time.perf_counter() - t0, 3)}
+                "source": description, "seconds": round(time.perf_counter() - t0, 3), "sha256": digest.hexdigest()}
         # meta first, then the data: `_cached` needs both and checks the size against the meta.
         atomic_write_bytes(_meta_path(bin_path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         os.replace(tmp, bin_path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and str(bin_path.parent) not in str(e):
+            from .atomic import write_error
+
+            raise write_error(bin_path, e, "token cache") from e
         raise
     return bin_path
 
 
-def load_tokens(bin_path: str | Path) -> np.ndarray:
-    """Memory-map a cache written by `tokenize_to_cache` (read-only)."""
+class _Hashing:
+    """A file wrapper that hashes what is written through it."""
+
+    def __init__(self, f, digest):
+        self.f, self.digest = f, digest
+
+    def write(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.f.write(data)
+
+
+def load_tokens(bin_path: str | Path, *, verify: bool = True) -> np.ndarray:
+    """Memory-map a cache written by `tokenize_to_cache` (read-only).
+
+    `verify`: check the bytes against the sha256 in the meta (a same-size corruption would
+    otherwise feed wrong or out-of-vocabulary ids to the model); about 1 s per GB.
+    """
     bin_path = Path(bin_path)
     meta = _cached(bin_path)
     if meta is None:
         raise FileNotFoundError(f"no complete token cache at {bin_path} (run prepare_data / tokenize_to_cache first)")
+    expected = meta.get("sha256")
+    if verify and expected is not None:
+        digest = hashlib.sha256()
+        with open(bin_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise ValueError(f"token cache {bin_path} is corrupt (its sha256 does not match {_meta_path(bin_path).name}); "
+                             f"delete {bin_path} and {_meta_path(bin_path)} and rerun to rebuild it")
     if meta["n_tokens"] == 0:
         return np.zeros(0, dtype=meta["dtype"])
     return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))

@@ -126,13 +126,10 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 
 def _load_meta(path: Path) -> dict:
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can read"
-        raise ValueError(f"{path}: cannot be read as a Lightning checkpoint with weights_only=True ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(meta).__name__}")
-    return meta
+    """weights_only load with one-line errors and the content checksum checked (spine.atomic)."""
+    from .atomic import load_training_checkpoint
+
+    return load_training_checkpoint(path, map_location="cpu")
 
 
 def _config_from(meta: dict, where: Path) -> ModelConfig:

@@ -106,7 +106,7 @@ class Engine:
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, *,
                  keys: Sequence[str | int] | None = None,
                  on_overflow: Literal["error", "truncate"] = "error",
-                 allowed_special: Any = frozenset()) -> list[list[Completion]]:
+                 allowed_special: Any = frozenset(), first_index: int = 0) -> list[list[Completion]]:
         """`params.n` completions for each prompt, in input order.
 
         keys: one stable id per prompt (e.g. a problem id); sample j of prompt i draws its noise from
@@ -114,6 +114,9 @@ class Engine:
         whenever the same prompt may arrive in another chunk or order. `seed=None` draws a base seed
         from torch's global RNG (so unseeded calls differ, and `torch.manual_seed` reproduces them).
         The n samples of a prompt share one prefill; greedy decoding runs one row and copies it n times.
+        first_index: the samples drawn are indices first_index .. first_index + n - 1 of each prompt (their
+        noise and `Completion.index`), so a caller drawing in rounds (early-stopped voting) gets exactly
+        the samples one call with a larger n would have drawn.
         """
         if isinstance(prompts, str):
             raise TypeError("Engine.generate takes a list of prompts; wrap a single prompt as [prompt]")
@@ -121,6 +124,8 @@ class Engine:
             raise TypeError(f"Engine.generate: params must be a SamplingParams, got {type(params).__name__}")
         if keys is not None and len(keys) != len(prompts):
             raise ValueError(f"Engine.generate: {len(keys)} keys for {len(prompts)} prompts")
+        if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
+            raise ValueError(f"Engine.generate: first_index must be an integer >= 0, got {first_index!r}")
         if not prompts:
             return []
         keys = list(range(len(prompts))) if keys is None else list(keys)
@@ -135,12 +140,12 @@ class Engine:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out: list[list[Completion | None]] = [[None] * params.n for _ in ids]
         for chunk in self._plan(order, rows_per_prompt):
-            for (i, js), comps in zip(chunk, self._run(ids, keys, chunk, params, base)):
+            for (i, js), comps in zip(chunk, self._run(ids, keys, chunk, params, base, first_index)):
                 for j, c in zip(js, comps):
                     out[i][j] = c
         if params.greedy and params.n > 1:  # every sample of a greedy prompt is the same completion
             for row in out:
-                row[1:] = [dataclasses.replace(row[0], index=j) for j in range(1, params.n)]
+                row[1:] = [dataclasses.replace(row[0], index=first_index + j) for j in range(1, params.n)]
         return out  # type: ignore[return-value]
 
     def _plan(self, order: list[int], rows_per_prompt: int) -> list[list[tuple[int, list[int]]]]:
@@ -159,7 +164,7 @@ class Engine:
             chunks.append(cur)
         return chunks
 
-    def _run(self, ids, keys, chunk, params: SamplingParams, base: int) -> list[list[Completion]]:
+    def _run(self, ids, keys, chunk, params: SamplingParams, base: int, first: int = 0) -> list[list[Completion]]:
         tok = self.tokenizer
         stops = stop_token_ids(tok) | set(params.stop_token_ids)
         stop_when = None
@@ -170,7 +175,7 @@ class Engine:
             stop_when = lambda toks: _cut_at_stop(tok.decode(toks[-window:]), params.stop)[1] is not None  # noqa: E731
         t0 = time.perf_counter()
         res = _generate(self.model, [ids[i] for i, _ in chunk], repeats=[len(js) for _, js in chunk],
-                        row_seeds=[sample_seed(base, keys[i], j) for i, js in chunk for j in js],
+                        row_seeds=[sample_seed(base, keys[i], first + j) for i, js in chunk for j in js],
                         max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_k=params.top_k,
                         top_p=params.top_p, stop_tokens=sorted(stops), pad_id=tok.pad_id,
                         compile_decode=self.compile, sync_every=self.sync_every, stop_when=stop_when,
@@ -181,7 +186,7 @@ class Engine:
             mine = []
             for j in js:
                 mine.append(self._completion(res.tokens[r], res.logprobs[r], res.finish_reasons[r],
-                                             len(res.prompt_tokens[r]), j, seconds, stops, params.stop))
+                                             len(res.prompt_tokens[r]), first + j, seconds, stops, params.stop))
                 r += 1
             comps.append(mine)
         return comps

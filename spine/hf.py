@@ -13,6 +13,9 @@ biases, and export refuses a model whose MLP biases are non-zero (HF Qwen3 has n
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -271,9 +274,7 @@ def import_hf(path: str | Path, *, dtype: torch.dtype | None = None) -> GPT:
 
     `dtype` None keeps the checkpoint's floating dtype.
     """
-    src = Path(path).expanduser()
-    if not src.is_dir():
-        raise FileNotFoundError(f"HF checkpoint directory not found: {src}")
+    src = resolve_hf_dir(path)
     hf_cfg = _read_json(src / "config.json", "HF config.json")
     cfg = config_from_hf(hf_cfg)
     fam = hf_cfg["model_type"]
@@ -314,19 +315,32 @@ def import_hf(path: str | Path, *, dtype: torch.dtype | None = None) -> GPT:
 def import_hf_tokenizer(path: str | Path) -> Any | None:
     """The tokenizer stored beside a HF checkpoint, or None when there is none.
 
-    A spine tokenizer spec (written by `export_hf`) wins; else GPT-2's vocab.json + merges.txt
-    (or encoder.json + vocab.bpe), or Qwen3's tokenizer.json, chosen by config.json's model_type.
+    A spine tokenizer spec (written by `export_hf`) wins. Otherwise the family comes from config.json's
+    `model_type`: GPT-2 from vocab.json + merges.txt, encoder.json + vocab.bpe, or tokenizer.json alone
+    (what current transformers writes); Qwen3 from tokenizer.json. `path` may be a hub name.
     """
     from . import tokenizer as tk
 
-    src = Path(path).expanduser()
+    src = resolve_hf_dir(path)
     if (src / tk.TOKENIZER_SPEC_FILE).is_file():
         return tk.load_tokenizer(src)
     hf_cfg = _read_json(src / "config.json", "HF config.json") if (src / "config.json").is_file() else {}
     model_type = hf_cfg.get("model_type") if isinstance(hf_cfg, dict) else None
     gpt2_files = [(src / "vocab.json", src / "merges.txt"), (src / "encoder.json", src / "vocab.bpe")]
     pair = next(((a, b) for a, b in gpt2_files if a.is_file() and b.is_file()), None)
-    if (src / "tokenizer.json").is_file() and (model_type != "gpt2" or pair is None):
+    has_json = (src / "tokenizer.json").is_file()
+    if model_type == "gpt2" or (model_type is None and pair is not None):
+        if pair is not None:
+            # HF's vocab.json/merges.txt hold GPT-2's encoder.json/vocab.bpe contents but not their exact
+            # bytes (so not the sha256 pins); rebuilding from the encoding alone makes save() write a
+            # self-contained rank file instead of copying the HF files under pinned names.
+            tok = tk.TiktokenTokenizer.from_gpt2_files(pair[0], pair[1], verify_sha256=False)
+            return tk.TiktokenTokenizer(tok.encoding)
+        return gpt2_from_tokenizer_json(src / "tokenizer.json") if has_json else None
+    if has_json:
+        if model_type not in (None, "qwen3"):
+            raise ValueError(f"{src}: tokenizer.json of a {model_type!r} model; spine reads GPT-2 and Qwen3 "
+                             "tokenizers only")
         from .qwen_tokenizer import Qwen3Tokenizer
 
         tok = Qwen3Tokenizer(src / "tokenizer.json")
@@ -335,13 +349,58 @@ def import_hf_tokenizer(path: str | Path) -> Any | None:
             # Qwen3 embeds more rows than the tokenizer defines; ids in the gap decode to ''
             tok = Qwen3Tokenizer(src / "tokenizer.json", vocab_size=rows)
         return tok
-    if pair is not None:
-        # HF's vocab.json/merges.txt hold GPT-2's encoder.json/vocab.bpe contents but not their exact
-        # bytes (so not the sha256 pins); rebuilding from the encoding alone makes save() write a
-        # self-contained rank file instead of copying the HF files under pinned names.
-        tok = tk.TiktokenTokenizer.from_gpt2_files(pair[0], pair[1], verify_sha256=False)
-        return tk.TiktokenTokenizer(tok.encoding)
     return None
+
+
+def gpt2_from_tokenizer_json(path: str | Path) -> Any:
+    """GPT-2's tiktoken tokenizer from a HF `tokenizer.json` (a byte-level BPE model: vocab + merges)."""
+    from . import tokenizer as tk
+
+    path = Path(path)
+    data = _read_json(path, "tokenizer.json")
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path}: expected a byte-level BPE model (model.type 'BPE' with a vocab) for GPT-2")
+    merges = []
+    for i, m in enumerate(model.get("merges") or []):
+        pair = m.split(" ") if isinstance(m, str) else m  # tokenizers < 0.20 wrote "a b", newer ["a", "b"]
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"{path}: merge {i} is {m!r}, expected two tokens")
+        merges.append((pair[0], pair[1]))
+    ranks = tk.gpt2_mergeable_ranks(model["vocab"], merges, source=str(path))
+    if len(ranks) != tk.GPT2_EOS_ID or model["vocab"].get(tk.ENDOFTEXT, tk.GPT2_EOS_ID) != tk.GPT2_EOS_ID:
+        raise ValueError(f"{path}: not GPT-2's vocabulary ({len(ranks)} tokens + {tk.ENDOFTEXT}; expected "
+                         f"{tk.GPT2_EOS_ID} + {tk.ENDOFTEXT}={tk.GPT2_EOS_ID})")
+    return tk.TiktokenTokenizer._build(ranks, {})
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+              "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"]
+
+
+def resolve_hf_dir(path: str | Path) -> Path:
+    """A local HF checkpoint directory for `path`: the directory itself, or a hub name
+    (`openai-community/gpt2`, `Qwen/Qwen3-0.6B`) downloaded through `huggingface_hub` (config,
+    safetensors and tokenizer files only; cached in the HF cache)."""
+    src = Path(path).expanduser()
+    if src.is_dir():
+        return src
+    name = str(path)
+    if src.exists() or not _HUB_NAME.fullmatch(name):
+        raise FileNotFoundError(f"HF checkpoint directory not found: {src}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"{name} is not a local directory, and reading hub names needs huggingface_hub "
+                         "(pip install huggingface_hub)") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=_HUB_FILES))
+    except Exception as e:  # offline, unknown repo, gated repo, ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{name} is not a local directory and could not be fetched from the Hugging Face hub "
+                         f"({type(e).__name__}: {reason}); offline? download it where there is a network "
+                         f"(huggingface-cli download {name} --local-dir DIR) and pass DIR") from None
 
 
 # ---------------------------------------------------------------------------- export
@@ -350,11 +409,57 @@ def export_hf(model: GPT, path: str | Path, tokenizer: Any | None = None) -> Pat
 
     With a tokenizer, its spine files are written too (so `import_hf` restores it exactly), and for
     GPT-2 also HF's vocab.json + merges.txt + tokenizer_config.json.
+    Atomic: everything is written into a temporary sibling directory first; a failure leaves
+    nothing at `path` (or, for an existing folder, its previous files untouched).
     """
+    from .atomic import fsync_dir, remove_stale_siblings, temp_sibling, write_error
+
+    dst = Path(path).expanduser()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(dst)
+    tmp = temp_sibling(dst)
+    tmp.mkdir()
+    try:
+        try:
+            _write_hf_files(model, tmp, tokenizer)
+        except (OSError, ValueError):
+            raise
+        except Exception as e:  # SafetensorError (e.g. a full disk) is not an OSError
+            raise write_error(dst, e, "HF export") from e
+        _fsync_tree(tmp)
+        if not dst.exists() or (dst.is_dir() and not any(dst.iterdir())):
+            if dst.exists():
+                dst.rmdir()
+            os.rename(tmp, dst)
+        else:
+            # an existing folder (export-hf --overwrite): replace our files one by one, config.json
+            # last, so transformers never sees the new config beside old weights; other files stay
+            for f in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):
+                os.replace(f, dst / f.name)
+            tmp.rmdir()
+        fsync_dir(dst.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _fsync_tree(root: Path) -> None:
+    from .atomic import fsync_dir, fsync_file
+
+    for f in root.iterdir():
+        if f.is_file():
+            fsync_file(f)
+    fsync_dir(root)
+
+
+def _write_hf_files(model: GPT, path: Path, tokenizer: Any | None = None) -> Path:
+    """The files of `export_hf`, written into the (temporary) directory `path`."""
     from safetensors.torch import save_file
 
     cfg = model.config
     fam = _family(cfg)
+    check_hf_tokenizer(tokenizer)
     entries, spine_only = _mapping(cfg, fam)
     sd = model.state_dict()
     for name in spine_only:
@@ -385,7 +490,37 @@ def export_hf(model: GPT, path: str | Path, tokenizer: Any | None = None) -> Pat
         tokenizer.save(dst)
         if fam == "gpt2" and getattr(tokenizer, "name", None) == "gpt2" and hasattr(tokenizer, "encoding"):
             _write_hf_gpt2_tokenizer(tokenizer, dst, cfg.context_length)
+        elif getattr(tokenizer, "name", None) == "byte":
+            _write_hf_byte_tokenizer(tokenizer, dst, cfg.context_length)
     return dst
+
+
+def check_hf_tokenizer(tokenizer: Any | None) -> None:
+    """Refuse (before anything is written) a tokenizer that transformers' AutoTokenizer could not load."""
+    name = getattr(tokenizer, "name", None)
+    if tokenizer is not None and name not in ("gpt2", "byte", "qwen3"):
+        raise ValueError(f"cannot export the {name!r} tokenizer in a form transformers loads (supported: gpt2, "
+                         "byte, qwen3); AutoTokenizer would load an empty tokenizer, so nothing was written")
+
+
+def _write_hf_byte_tokenizer(tokenizer: Any, dst: Path, max_len: int) -> None:
+    """tokenizer.json + tokenizer_config.json: a byte-level BPE without merges, so token i is byte i
+    (in GPT-2's printable byte alphabet) and <|endoftext|> is 256, exactly as `ByteTokenizer`."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    from .tokenizer import ENDOFTEXT, bytes_to_unicode
+
+    b2u = bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}
+    vocab[ENDOFTEXT] = tokenizer.eos_id
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
+    tk.save(str(dst / "tokenizer.json"))
+    (dst / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len, "eos_token": ENDOFTEXT,
+         "pad_token": ENDOFTEXT, "bos_token": None, "unk_token": None, "add_prefix_space": False}, indent=2) + "\n")
 
 
 def _write_hf_gpt2_tokenizer(tokenizer: Any, dst: Path, max_len: int) -> None:

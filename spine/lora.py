@@ -17,18 +17,19 @@ names, so `spine.checkpoint.save_checkpoint` / `load_checkpoint` work on it unch
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["LoRALinear", "DEFAULT_TARGETS", "apply_lora", "merge_lora", "unmerge_lora", "lora_state_dict",
-           "save_lora", "load_lora", "merged_copy", "lora_modules", "trainable_parameter_names"]
+           "save_lora", "load_lora", "merged_copy", "lora_modules", "trainable_parameter_names", "lora_disabled"]
 
 # every linear layer inside the transformer blocks (GELU and SwiGLU MLPs); the LM/classifier head is opt-in
 DEFAULT_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc", "gate", "up")
@@ -57,6 +58,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # see `lora_disabled`
 
     @property
     def in_features(self) -> int:
@@ -81,7 +83,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         # two thin matmuls, never the full (out, in) update: cheap in memory and FLOPs
         return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
@@ -185,6 +187,29 @@ def unmerge_lora(model: nn.Module) -> None:
     """Undo `merge_lora`: subtract each adapter's update from its base weight."""
     for m in lora_modules(model).values():
         m.unmerge()
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block `model` computes what its base model computes (every adapter skipped).
+
+    This is DPO's "reference = the same model with LoRA disabled": no second copy of the weights.
+    Merged adapters are unmerged for the block and merged back after it. Nesting is allowed.
+    """
+    mods = list(lora_modules(model).values())
+    if not mods:
+        raise ValueError("lora_disabled: the model has no LoRA adapters (call apply_lora first)")
+    state = [(m, m.disabled, m.merged) for m in mods]
+    try:
+        for m in mods:
+            m.unmerge()
+            m.disabled = True
+        yield model
+    finally:
+        for m, was_disabled, was_merged in state:
+            m.disabled = was_disabled
+            if was_merged:
+                m.merge()
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:

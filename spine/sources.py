@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
@@ -120,6 +121,11 @@ def download(url: str, sha256: str, cache_dir: str | Path | None = None) -> Path
         if h.hexdigest() != sha256:
             raise ValueError(f"sha256 mismatch for {url}: expected {sha256}, got {h.hexdigest()}")
         os.replace(tmp, dst)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise ValueError(f"could not download {url} ({reason}); offline? fetch the file elsewhere and give its "
+                         "local path as the source") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,7 +16,10 @@ Conventions the readers rely on (pipelines should follow them):
   when there is more than one sample per problem;
 - the record carrying the pipeline's chosen answer has ``metadata["final"] = True`` (a pipeline
   that flags one should set ``final = False`` on the others; a separate final record that is not
-  a sample uses ``sample_index = -1``). Without any flag, sample 0 is the problem's answer.
+  a sample uses ``sample_index = -1``). Without any flag, sample 0 is the problem's answer;
+- ``metadata["cost"]`` = {prompt_tokens, generated_tokens, forward_passes, seconds} of the record
+  (`spine.reasoning.cost`); ``tokens``/``seconds`` equal its generated tokens and seconds;
+- a refinement round has ``round`` (0 = the draft) and ``parent`` (the sample index it revised).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ __all__ = [
     "format_summary",
     "wilson_interval",
     "final_records",
+    "record_cost",
 ]
 
 TRACE_FORMAT = "spine-trace/1"
@@ -69,18 +73,23 @@ class TraceRecord:
     tokens: int
     seconds: float
     metadata: dict = field(default_factory=dict)
+    round: int | None = None      # refinement round (0 = the draft), None outside refinement
+    parent: int | None = None     # sample_index of the record this one revised
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TraceRecord":
-        """Build from a parsed line; unknown keys (e.g. "type") are ignored, missing ones are an error."""
+        """Build from a parsed line; unknown keys (e.g. "type") are ignored, missing required ones are an error."""
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in d and n != "metadata"]
+        missing = [n for n in names if n not in d and n not in _OPTIONAL_FIELDS]
         if missing:
             raise ValueError(f"trace record lacks fields {missing}")
         return cls(**{n: d[n] for n in names if n in d})
+
+
+_OPTIONAL_FIELDS = ("metadata", "round", "parent")
 
 
 # ----------------------------------------------------------------------------- config hash
@@ -168,6 +177,10 @@ def read_traces(path: str | Path, *, dedupe: bool = True) -> tuple[dict, list[Tr
 # ----------------------------------------------------------------------------- writing
 
 
+# how every header line starts (json.dumps of the header dict below keeps this key order)
+_HEADER_PREFIX = json.dumps({"type": "header"})[:-1].encode()
+
+
 def _new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
@@ -188,7 +201,7 @@ class TraceWriter:
         self.resumed = False
         # problem_id -> (sample indices seen, n_samples, any "final" key seen, final=True seen)
         self._progress: dict[str, list[Any]] = {}
-        if self.path.exists() and self.path.stat().st_size > 0 and self._repair_tail():
+        if self.path.exists() and self.path.stat().st_size > 0 and self._check_header() and self._repair_tail():
             header, records = read_traces(self.path, dedupe=False)
             if header.get("config_hash") != self.config_hash:
                 raise ValueError(
@@ -209,6 +222,31 @@ class TraceWriter:
             self._append({"type": "header", "format": TRACE_FORMAT, "run_id": self.run_id,
                           "config_hash": self.config_hash, "config": self.config,
                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    def _check_header(self) -> bool:
+        """Refuse (ValueError, file untouched) anything whose first line is not a spine trace header.
+
+        True: a complete header line. False: only a header cut off by a kill (safe to rewrite)."""
+        with open(self.path, "rb") as fh:
+            first = fh.readline(1 << 24)
+        if first.endswith(b"\n"):
+            try:
+                head = json.loads(first.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                head = None
+            if isinstance(head, dict) and head.get("type") == "header" and head.get("format") == TRACE_FORMAT:
+                if head.get("config_hash") != self.config_hash:  # refused before any repair touches it
+                    raise ValueError(
+                        f"trace file {self.path} was written by another run config (hash "
+                        f"{head.get('config_hash')} != {self.config_hash}); refusing to mix — use a new path")
+                return True
+        elif first.startswith(_HEADER_PREFIX):
+            # a header cut off by a kill: nothing else was ever written, so start afresh
+            warnings.warn(f"{self.path}: dropping a partial last line ({len(first)} bytes) left by an "
+                          "interrupted write", stacklevel=3)
+            return False
+        raise ValueError(f"{self.path} exists and is not a spine trace file (its first line is not a "
+                         f"{TRACE_FORMAT} header); refusing to write to it — pass a new trace path")
 
     def _repair_tail(self) -> bool:
         """Cut a partial last line left by a kill; False if not even the header survived."""
@@ -301,6 +339,12 @@ class Summary:
     total_tokens: int
     total_seconds: float
     by_group: dict[str, dict[str, "Summary"]] = field(default_factory=dict)
+    # cost per problem (all records of a problem summed, averaged over problems): the compute axis
+    samples_per_problem: float = 0.0
+    tokens_per_problem: float = 0.0
+    prompt_tokens_per_problem: float = 0.0
+    forward_passes_per_problem: float = 0.0
+    seconds_per_problem: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -330,14 +374,27 @@ def _sort_key(value: str) -> tuple[int, float, str]:
         return (1, 0.0, value)
 
 
+def record_cost(r: TraceRecord) -> tuple[int, int]:
+    """(prompt tokens, forward passes) of a record: its metadata["cost"]; for traces written before costs
+    were recorded, its prompt length and one forward pass per generated token."""
+    cost = r.metadata.get("cost")
+    if isinstance(cost, Mapping):
+        return int(cost.get("prompt_tokens", 0)), int(cost.get("forward_passes", 0))
+    return int(r.metadata.get("prompt_tokens", 0) or 0), int(r.tokens)
+
+
 def _summary(finals: Sequence[TraceRecord], all_records: Sequence[TraceRecord]) -> Summary:
     n, k = len(finals), sum(bool(r.correct) for r in finals)
     m = len(all_records)
     tok = sum(int(r.tokens) for r in all_records)
     sec = sum(float(r.seconds) for r in all_records)
+    costs = [record_cost(r) for r in all_records]
+    per = (lambda x: x / n) if n else (lambda x: 0.0)
     return Summary(n=n, n_correct=k, accuracy=k / n if n else 0.0, ci95=wilson_interval(k, n),
                    mean_tokens=tok / m if m else 0.0, mean_seconds=sec / m if m else 0.0,
-                   n_records=m, total_tokens=tok, total_seconds=sec)
+                   n_records=m, total_tokens=tok, total_seconds=sec, samples_per_problem=per(m),
+                   tokens_per_problem=per(tok), prompt_tokens_per_problem=per(sum(c[0] for c in costs)),
+                   forward_passes_per_problem=per(sum(c[1] for c in costs)), seconds_per_problem=per(sec))
 
 
 def summarize(records: Iterable[TraceRecord], *, group_by: Sequence[str] = ("level", "subject")) -> Summary:
@@ -367,17 +424,23 @@ def summarize(records: Iterable[TraceRecord], *, group_by: Sequence[str] = ("lev
 
 
 def format_summary(summary: Summary) -> str:
-    """Markdown table: one row overall, then one per group value."""
-    rows = ["| group | n | correct | accuracy | 95% CI | mean tokens | mean s |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table: one row overall, then one per group value (mean tokens/s are per record, i.e. per
+    sample; the last two columns per problem); then a line with the cost per problem."""
+    rows = ["| group | n | correct | accuracy | 95% CI | mean tokens | mean s | tokens/problem | s/problem |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(label: str, s: Summary) -> str:
         lo, hi = s.ci95
         return (f"| {label} | {s.n} | {s.n_correct} | {100 * s.accuracy:.1f}% | "
-                f"{100 * lo:.1f}–{100 * hi:.1f}% | {s.mean_tokens:.1f} | {s.mean_seconds:.3f} |")
+                f"{100 * lo:.1f}–{100 * hi:.1f}% | {s.mean_tokens:.1f} | {s.mean_seconds:.3f} | "
+                f"{s.tokens_per_problem:.1f} | {s.seconds_per_problem:.3f} |")
 
     rows.append(row("all", summary))
     for key, groups in summary.by_group.items():
         for value, s in groups.items():
             rows.append(row(f"{key}={value}", s))
+    s = summary
+    rows.append(f"\ncost per problem: {s.samples_per_problem:.2f} samples, {s.prompt_tokens_per_problem:.1f} prompt "
+                f"tokens, {s.tokens_per_problem:.1f} generated tokens, {s.forward_passes_per_problem:.1f} forward "
+                f"passes, {s.seconds_per_problem:.3f} s")
     return "\n".join(rows)

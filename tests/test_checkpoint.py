@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -95,11 +96,15 @@ def test_tokenizers_travel_with_the_checkpoint(tmp_path, gpt2_vocab_dir):
 def test_tampered_file_is_named_with_both_hashes(tmp_path):
     d = save_checkpoint(tmp_path / "ck", _model())
     expected = json.loads((d / "manifest.json").read_text())["files"]["config.json"]["sha256"]
-    (d / "config.json").write_text((d / "config.json").read_text() + " ")
+    text = (d / "config.json").read_text()
+    (d / "config.json").write_text(text.replace("\n", " ", 1))  # same size, other bytes
     actual = hashlib.sha256((d / "config.json").read_bytes()).hexdigest()
     with pytest.raises(ValueError, match=rf"config\.json: sha256 mismatch.*{expected}.*{actual}"):
         load_checkpoint(d)
     load_checkpoint(d, verify=False)  # whitespace does not change the config itself
+    (d / "config.json").write_text(text + " ")  # another size: named before any hashing
+    with pytest.raises(ValueError, match=rf"config\.json: {len(text) + 1} bytes, but manifest.json records {len(text)}"):
+        load_checkpoint(d)
 
 
 def test_missing_listed_file_and_missing_manifest(tmp_path):
@@ -119,7 +124,7 @@ def test_truncated_safetensors(tmp_path, keep):
     d = save_checkpoint(tmp_path / "ck", _model())
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[:max(8, int(len(data) * keep))])
-    with pytest.raises(ValueError, match="model.safetensors: sha256 mismatch"):
+    with pytest.raises(ValueError, match=r"model.safetensors: \d+ bytes, but manifest.json records \d+"):
         load_checkpoint(d)
     with pytest.raises(ValueError, match="model.safetensors is truncated or not a safetensors file"):
         load_checkpoint(d, verify=False)
@@ -189,7 +194,7 @@ def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
     class Boom:
-        vocab_size = 10
+        vocab_size = a.config.vocab_size
 
         def save(self, directory):
             (directory / "half_written").write_text("x")
@@ -211,3 +216,16 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     save_checkpoint(tmp_path / "empty", _model())  # an empty directory is fine
     load_checkpoint(tmp_path / "empty")
+
+
+def test_debris_of_killed_writers_is_removed_and_a_live_writers_kept(tmp_path):
+    d = save_checkpoint(tmp_path / "ck", _model())
+    dead = tmp_path / ".ck.tmp-999999999-deadbeef"   # a pid that does not run
+    legacy = tmp_path / ".ck.tmp-0123abcd"          # the name before pids were added
+    live = tmp_path / f".ck.tmp-{os.getppid()}-feedf00d"  # a writer that still runs
+    other = tmp_path / ".notes.tmp-999999999-deadbeef"    # another target's: not ours to touch
+    for p in (dead, legacy, live, other):
+        p.mkdir()
+        (p / "half").write_text("x")
+    save_checkpoint(d, _model("gpt2-tiny", n_layer=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", live.name, other.name])

@@ -176,7 +176,7 @@ def test_import_export_round_trip_via_cli(capsys, tmp_path, gpt2_vocab_dir):
       "--data.init_args.tokenizer=byte"],  # no GPT-2 files needed to reach the data error
      "spine fit: error: FileNotFoundError: classification data file not found: /nope/sms.tsv"),
     (["validate", "--config", "configs/quickstart.yaml", "--ckpt_path", "/nope/last.ckpt"],
-     "spine validate: error: FileNotFoundError: Checkpoint file not found: /nope/last.ckpt"),
+     "spine validate: error: FileNotFoundError: --ckpt_path: checkpoint not found: /nope/last.ckpt"),
 ])
 def test_trainer_commands_report_bad_input_in_one_line(capsys, monkeypatch, tmp_path, argv, message):
     from pathlib import Path

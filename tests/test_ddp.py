@@ -181,7 +181,10 @@ def test_only_rank_zero_writes(runs):
     assert not [f for f in files if "rank" in f.lower()], files
     ckpts = [f"ckpt/epoch={k // PER_EPOCH}-step={k}.ckpt" for k in range(EVERY, STEPS + 1, EVERY)]
     assert [f for f in files if f.startswith("ckpt/")] == sorted([*ckpts, "ckpt/last.ckpt"])
-    assert [d.name for d in (root / "logs").iterdir()] == ["version_0"], "a second logger directory appeared"
+    # `latest` is the link rank 0 makes to the finished run (modules/cli.py link_latest)
+    assert sorted(d.name for d in (root / "logs").iterdir()) == ["latest", "version_0"], \
+        "a second logger directory appeared"
+    assert (root / "logs" / "latest").resolve() == (root / "logs" / "version_0").resolve()
     log = root / "logs" / "version_0"
     for name in ("metrics.csv", "hparams.yaml", "config.yaml", "loss_curve.png"):
         assert (log / name).is_file(), name

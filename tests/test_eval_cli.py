@@ -89,7 +89,7 @@ def test_eval_self_consistency_then_report_png(capsys, ckpt, tmp_path):
     assert len(records) == 18 and sum(r.metadata["final"] for r in records) == 6
     assert header["config"]["pipeline"] == {"pipeline": "self_consistency", "sampling": {
         "temperature": 1.0, "top_k": None, "top_p": None, "seed": 5, "max_new_tokens": 12,
-        "stop": ["\nQuestion:", "\n\n"], "stop_token_ids": [], "n": 3}}  # real newlines
+        "stop": ["\nQuestion:", "\n\n"], "stop_token_ids": [], "n": 3}, "tiebreak": "logprob"}  # real newlines
     assert not any("\n\n" in r.completion or "\nQuestion:" in r.completion for r in records)
     png = tmp_path / "plots" / "acc.png"
     code = main(["report", str(traces), "--png", str(png)])

@@ -113,7 +113,7 @@ def test_rank_one_writes_only_its_own_shards(runs):
         own_shard = rel.parts[0] == "ckpt" and (rel.name == "__1_0.distcp" or
                                                 (event == "os.mkdir" and rel.suffix == ".ckpt"))
         assert own_shard, (event, str(rel))
-    assert sorted(p.name for p in root.glob("logs/*")) == ["version_0"]
+    assert sorted(p.name for p in root.glob("logs/*")) == ["latest", "version_0"]  # latest: rank 0's link
 
 
 def test_reasoning_eval_splits_problems_and_gathers_once(runs):
@@ -208,7 +208,7 @@ def test_consolidate_errors_name_the_path(tmp_path, capsys):
     assert "foreign.ckpt: has no 'spine_model_config'" in capsys.readouterr().err
     (tmp_path / "junk.ckpt").write_bytes(b"not a pickle")
     assert main(["consolidate", str(tmp_path / "junk.ckpt"), str(tmp_path / "o4")]) == 2
-    assert "junk.ckpt: cannot be read as a Lightning checkpoint" in capsys.readouterr().err
+    assert "junk.ckpt (12 bytes) is truncated or not a PyTorch checkpoint" in capsys.readouterr().err
     from spine.config import ModelConfig
     from spine.distributed import MODEL_CONFIG_KEY, TOKENIZER_FILES_KEY
     from spine.model import GPT

@@ -18,7 +18,7 @@ FAMILIES = sorted(TASKS)
 
 
 def test_registry_and_unknown_name():
-    assert {"arith", "linear", "countdown", "sort", "base"} <= set(TASKS)
+    assert {"arith", "linear", "countdown", "sort", "base", "chain"} <= set(TASKS)
     with pytest.raises(ValueError, match="unknown task 'nope'; known tasks: arith"):
         get_task("nope")
 
@@ -93,8 +93,31 @@ def test_difficulty_dial():
     assert min(p.metadata["base"] for p in base.generate(5, 50)) > 10
 
 
+def test_chain_steps_recompute_and_dial():
+    chain = get_task("chain")
+    assert chain.levels == tuple(range(1, 9))
+    for lv in chain.levels:
+        for p in chain.generate(lv, 200, seed=lv, split="train"):
+            expr = p.metadata["canonical"]
+            assert p.prompt == f"Compute {expr}."
+            # the question's operands, recomputed left to right, independently of the generator
+            toks = re.findall(r"[+-]|\d+", expr)
+            value, steps = int(toks[0]), []
+            for op, b in zip(toks[1::2], toks[2::2]):
+                new = value + int(b) if op == "+" else value - int(b)
+                steps.append(f"{value}{op}{b}={new}.")
+                assert 1 <= int(b) <= 9 and new >= 0
+                value = new
+            assert len(steps) == lv and 1 <= int(toks[0]) <= 9
+            assert p.metadata["solution"] == " ".join(steps) + f" The answer is \\boxed{{{value}}}."
+            assert p.answer == str(value)
+    # level 8 has plenty of distinct problems: the eval split does not repeat itself
+    held = chain.generate(8, 400, seed=0, split="eval")
+    assert len({p.prompt for p in held}) == 400
+
+
 def _wrong(family: str, p: Problem) -> str:
-    if family in ("arith", "linear"):
+    if family in ("arith", "linear", "chain"):
         return str(int(p.answer) + 1)
     if family == "sort":
         xs = sorted(p.metadata["numbers"])
@@ -229,3 +252,19 @@ def test_pipelines_grade_task_problems_with_the_task_verifier():
     res = SingleSample().run(_StubEngine(["\\boxed{25 + 3 + 3 - 3}", "\\boxed{3 + 25}"]), [p, p])
     assert [r.correct for r in res] == [False, True]
     assert res[0].rule == "reused_number" and res[1].answer == "3 + 25"
+
+
+def test_torch_threads_callback_pins_and_restores():
+    import torch
+
+    from callbacks import TorchThreads
+
+    before = torch.get_num_threads()
+    cb = TorchThreads(num_threads=2)
+    cb.setup(None, None, "fit")
+    assert torch.get_num_threads() == 2
+    cb.teardown(None, None, "fit")
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads must be an integer >= 1"):
+            TorchThreads(num_threads=bad)

@@ -259,3 +259,28 @@ def test_spine_modules_import_without_lightning_or_heavy_deps():
             "'datasets', 'matplotlib'})\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("content", [
+    b'[{"problem": "1+1?", "answer": "2"}]',            # a one-line JSON file (e.g. the problems), no newline
+    b"text,label\nhello,0\nbye,1",                     # a CSV without a final newline
+    b'{"type": "record", "problem_id": "p0"}\n{"x"',   # JSONL that is not a trace
+    b"\xff\xfe binary \x00\x01",
+])
+def test_a_file_that_is_not_a_trace_is_never_touched(tmp_path, content):
+    path = tmp_path / "user.file"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"user\.file exists and is not a spine trace file"):
+        TraceWriter(path, run_config=CONFIG)
+    assert path.read_bytes() == content
+
+
+def test_a_trace_of_another_config_is_refused_before_its_tail_is_repaired(tmp_path):
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, run_config=CONFIG) as w:
+        w.write(rec(w, "p0"))
+    data = path.read_bytes() + b'{"type": "record", "probl'  # a partial last line
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="another run config"):
+        TraceWriter(path, run_config={**CONFIG, "other": 1})
+    assert path.read_bytes() == data

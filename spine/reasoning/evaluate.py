@@ -75,21 +75,33 @@ def source_identity(source: str | Path) -> tuple[str, dict[str, Any]]:
 
 def result_records(results: Sequence[ProblemResult], pipeline: Pipeline, *, run_id: str, config_hash: str,
                    checkpoint_sha256: str | None) -> list[TraceRecord]:
-    """The trace records of pipeline results: one per sample, the chosen one flagged final."""
+    """The trace records of pipeline results: one per sample, the chosen one flagged final.
+
+    Each record carries its cost (`metadata["cost"]`; `tokens`/`seconds` are its generated tokens and
+    seconds), the sample's mean token log-prob, its score when a scorer rated it, and for refinement
+    rounds `round`/`parent`. The final record also carries the problem's whole cost and the pipeline's label.
+    """
+    label = pipeline.label() if callable(getattr(pipeline, "label", None)) else pipeline.name
     out = []
     for r in results:
         n = len(r.samples)
         for i, s in enumerate(r.samples):
             c = s.completion
+            cost = s.spent
             meta = dict(r.problem.metadata)
             meta.pop("solution", None)  # long and not needed to reproduce the number
             meta.update({"pipeline": pipeline.name, "n_samples": n, "final": i == r.final_index,
-                         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens})
+                         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                         "cost": cost.to_dict(), "mean_logprob": c.mean_logprob})
+            if s.score is not None:
+                meta["score"] = s.score
+            meta.update(s.details)
             if c.stop_reason is not None:
                 meta["stop_reason"] = c.stop_reason
             if i == r.final_index:
-                meta.update({"vote": r.vote, "chosen_answer": r.answer, "chosen_correct": r.correct,
-                             "problem_tokens": r.tokens, "problem_seconds": r.seconds})
+                meta.update({"vote": r.vote, "chosen_answer": r.answer, "chosen_correct": r.correct, "label": label,
+                             "problem_tokens": r.tokens, "problem_seconds": r.seconds,
+                             "problem_cost": r.cost.to_dict(), **r.details})
             out.append(TraceRecord(
                 run_id=run_id, config_hash=config_hash, checkpoint_sha256=checkpoint_sha256,
                 problem_id=r.problem.id, sample_index=i, prompt=r.prompt, completion=c.text, extracted=s.answer,
@@ -97,7 +109,7 @@ def result_records(results: Sequence[ProblemResult], pipeline: Pipeline, *, run_
                 # the final record carries the pipeline's verdict (for a vote: the chosen answer's)
                 correct=r.correct if i == r.final_index else s.verdict.correct,
                 rule=r.rule if i == r.final_index else s.verdict.rule,
-                tokens=c.generated_tokens, seconds=c.seconds, metadata=meta))
+                tokens=cost.generated_tokens, seconds=cost.seconds, metadata=meta, round=s.round, parent=s.parent))
     return out
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "load_gsm8k",
     "load_jsonl_or_json",
     "load_problems",
+    "validate_problems",
     "parse_synthetic_spec",
     "FORMATS",
 ]
@@ -119,11 +120,76 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
-def _field(rec: dict, name: str, *, where: str, index: int) -> Any:
+def _field(rec: dict, name: str, *, where: str, index: int, allow_null: bool = False) -> Any:
     if name not in rec:
         present = ", ".join(sorted(rec)) or "none"
         raise ProblemLoadError(f"{where}: record {index} has no field {name!r} (fields present: {present})")
+    if rec[name] is None and not allow_null:
+        # str(None) would become the gold answer "None" and be graded against
+        raise ProblemLoadError(f"{where}: record {index} field {name!r} is null; expected text")
+    if isinstance(rec[name], (list, dict)) and not allow_null:
+        raise ProblemLoadError(f"{where}: record {index} field {name!r} is a JSON {type(rec[name]).__name__}; "
+                               "expected text or a number")
     return rec[name]
+
+
+def _lone_surrogate(text: str) -> int:
+    """Index of the first lone UTF-16 surrogate in `text` (JSON "\\ud800" parses to one), or -1."""
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            return i
+    return -1
+
+
+def _strings(value: Any, path: str) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _strings(v, f"{path}.{k}") + _strings(k, f"{path} key")]
+    if isinstance(value, (list, tuple)):
+        return [x for i, v in enumerate(value) for x in _strings(v, f"{path}[{i}]")]
+    return []
+
+
+def validate_problems(problems: Sequence[Problem], *, where: str = "problems", engine: Any = None,
+                      context_length: int | None = None, max_new_tokens: int = 0) -> None:
+    """Check every problem before anything is generated; one ProblemLoadError line naming the problem.
+
+    Refused: no problems, duplicate ids, an empty gold answer, a lone surrogate anywhere (it cannot be
+    written as UTF-8, so the trace writer would fail mid-run and on every resume). With `engine` (a
+    `spine.reasoning.pipelines.ProblemEngine`: `prompt_for`, `tokenizer`, `chat`) and the model's
+    `context_length`: a rendered prompt that does not leave room for `max_new_tokens` (generation
+    would cut it from the front, silently).
+    """
+    if not problems:
+        raise ProblemLoadError(f"{where}: no problems to evaluate")
+    seen: set[str] = set()
+    for i, p in enumerate(problems):
+        label = f"{where}: problem {i} (id {p.id!r})"
+        if p.id in seen:
+            raise ProblemLoadError(f"{label}: the id is not unique; traces key samples by problem id")
+        seen.add(p.id)
+        if not isinstance(p.answer, str) or not p.answer.strip():
+            raise ProblemLoadError(f"{label}: the gold answer is empty; every problem needs one to be graded")
+        if not isinstance(p.prompt, str) or not p.prompt.strip():
+            raise ProblemLoadError(f"{label}: the prompt is empty")
+        for field_name, text in [("id", p.id), ("prompt", p.prompt), ("answer", p.answer),
+                                 *_strings(p.metadata, "metadata")]:
+            at = _lone_surrogate(text)
+            if at >= 0:
+                raise ProblemLoadError(f"{label}: {field_name} holds a lone surrogate {text[at]!r} at character "
+                                       f"{at}, which is not valid Unicode text; fix the record")
+    if engine is None or context_length is None:
+        return
+    limit = context_length - max_new_tokens
+    special = "all" if engine.chat else frozenset()
+    for i, p in enumerate(problems):
+        n = len(engine.tokenizer.encode(engine.prompt_for(p), allowed_special=special))
+        if n > limit:
+            raise ProblemLoadError(
+                f"{where}: problem {i} (id {p.id!r}): its prompt is {n} tokens, and with max_new_tokens "
+                f"{max_new_tokens} it does not fit the model's context of {context_length} tokens; lower "
+                "--max_new_tokens or leave the problem out (prompts are never cut)")
 
 
 def _as_text(value: Any) -> str:
@@ -227,7 +293,7 @@ def load_jsonl_or_json(path: str | Path, *, prompt_field: str, answer_field: str
         prompt = _as_text(_field(r, prompt_field, where=where, index=i))
         answer = _as_text(_field(r, answer_field, where=where, index=i))
         pid = _field(r, id_field, where=where, index=i) if id_field else f"{p.stem}-{i}"
-        meta = {k: _field(r, k, where=where, index=i) for k in metadata_fields}
+        meta = {k: _field(r, k, where=where, index=i, allow_null=True) for k in metadata_fields}
         meta.setdefault("source", p.name)
         out.append(Problem(id=str(pid), prompt=prompt, answer=answer, metadata=meta))
     ids = [q.id for q in out]

@@ -6,11 +6,12 @@ Templates hold the literal placeholder "{problem}" and are filled with `str.repl
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from spine.reasoning.problems import Problem
 
-__all__ = ["PROMPT_TEMPLATES", "render_prompt", "render_chat_prompt"]
+__all__ = ["PROMPT_TEMPLATES", "STEP_TEMPLATES", "fill", "render_prompt", "render_chat_prompt"]
 
 # "math" is the prompt of the reasoning book (ch03, render_prompt).
 _MATH = (
@@ -28,6 +29,29 @@ PROMPT_TEMPLATES: dict[str, str] = {
     # Identical to spine.reasoning.synthetic.format_prompt, the prefix of its pretraining documents.
     "synthetic": "Question: {problem}\nAnswer:",
 }
+
+
+# Templates of the steps after the first answer (self-verification, critique, revision). Placeholders:
+# {prompt} = the problem's rendered prompt, {answer} = the answer under review, {critique} = the review.
+# Each ends in the "Question: ... / Answer:" (or "Review:") shape a base model continues, so models that
+# only ever saw "Question: ...\nAnswer: ... \boxed{x}" documents (the synthetic-task models) still answer
+# in their own format; the revision ends with the problem's own prompt, so it is a fresh answer in context.
+STEP_TEMPLATES: dict[str, str] = {
+    "verify": "{prompt}{answer}\n\nQuestion: Is the answer above correct? Answer yes or no.\nAnswer:",
+    "critique": ("{prompt}{answer}\n\nReview the answer above. Check every step and the arithmetic; say "
+                 "whether it is right and, if not, what to fix.\nReview:"),
+    "revise": ("{prompt}{answer}\n\nReview:{critique}\n\nUsing the review, answer again. End with the "
+               "final result as \\boxed{ANSWER}.\n\n{prompt}"),
+}
+
+
+def fill(template: str, **values: str) -> str:
+    """`template` with each "{name}" replaced by `values[name]` (str.replace: LaTeX braces stay put).
+    Values are substituted in one pass, so a value containing "{critique}" is never filled again."""
+    names = "|".join(re.escape(k) for k in values)
+    if not names:
+        return template
+    return re.sub(r"\{(" + names + r")\}", lambda m: values[m.group(1)], template)
 
 
 def _text(problem: Problem | str) -> str:

@@ -91,7 +91,7 @@ trainer:
     - class_path: callbacks.LossCurvePlot
     - class_path: callbacks.TokenThroughputMonitor
     - class_path: callbacks.SampleGeneration
-      init_args: {{prompts: ["12 + 7 ="], every_n_steps: {every}, max_new_tokens: 4}}
+      init_args: {{prompts: ["12 + 7 ="], every_n_steps: {every}, sampling: {{max_new_tokens: 4}}}}
     - class_path: ddp_probe.RankRecorder
       init_args: {{dirpath: {probe}, watch: {root}}}{callbacks}
 model:

@@ -14,13 +14,14 @@ from __future__ import annotations
 from spine.reasoning.problems import Problem
 
 from .arith import Arithmetic
+from .chain import Chain
 from .countdown import Countdown
 from .linear import Linear
 from .radix import Radix
 from .sorting import Sorting
 from .base import SPLITS, Task, VerifyResult, split_of_canonical
 
-TASKS: dict[str, Task] = {t.name: t for t in (Arithmetic(), Linear(), Countdown(), Sorting(), Radix())}
+TASKS: dict[str, Task] = {t.name: t for t in (Arithmetic(), Linear(), Countdown(), Sorting(), Radix(), Chain())}
 
 __all__ = ["TASKS", "SPLITS", "Task", "VerifyResult", "get_task", "verify", "split_of_canonical"]
 

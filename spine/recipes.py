@@ -1,0 +1,92 @@
+"""`spine configs`: the shipped recipes (configs/**/*.yaml), what each does and what it costs.
+
+Each recipe may start with a header of `# key: value` comment lines that this listing reads:
+
+    # summary: one line: what the recipe does
+    # cpu: wall time on a CPU (say which, and where the number comes from)
+    # gpu: wall time on a GPU
+    # memory: peak memory
+    # disk: what the run writes (checkpoints, caches)
+    # needs: files or network it needs
+
+A recipe without the header is listed too: its first comment line is the summary and the rest
+reads "-". Numbers come from the recipe's author; nothing here measures anything.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from .commands import command
+
+FIELDS = ("summary", "cpu", "gpu", "memory", "disk", "needs")
+_KEY = re.compile(r"#\s*(" + "|".join(FIELDS) + r")\s*:\s*(.*)$")
+
+
+def default_config_dir() -> Path:
+    """configs/ beside the installed packages (an editable install or a checkout), else ./configs."""
+    here = Path(__file__).resolve().parents[1] / "configs"
+    return here if here.is_dir() else Path("configs")
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    """The header fields of one recipe (missing ones absent); tolerant of any YAML file."""
+    info: dict[str, str] = {}
+    first_comment = None
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return info
+    for line in lines:
+        s = line.strip()
+        if not s:
+            continue
+        if not s.startswith("#"):
+            break  # the header is the leading comment block
+        m = _KEY.match(s)
+        if m:
+            info.setdefault(m.group(1), m.group(2).strip())
+        elif first_comment is None and s.lstrip("#").strip():
+            first_comment = s.lstrip("#").strip()
+    if "summary" not in info and first_comment:
+        info["summary"] = first_comment
+    return info
+
+
+def list_recipes(config_dir: str | Path | None = None) -> list[tuple[str, dict[str, str]]]:
+    """(path relative to the repository, header) for every *.yaml under `config_dir`, sorted."""
+    root = Path(config_dir) if config_dir else default_config_dir()
+    if not root.is_dir():
+        raise FileNotFoundError(f"config directory not found: {root}")
+    out = []
+    for p in sorted(root.rglob("*.y*ml")):
+        if p.suffix in (".yaml", ".yml"):
+            out.append((str(Path(root.name) / p.relative_to(root)), read_header(p)))
+    return out
+
+
+@command("configs")
+def configs(config_dir: Optional[str] = None, verbose: bool = False) -> int:
+    """List the shipped recipes (configs/*.yaml): what each does, its CPU/GPU time, memory and disk.
+
+    Args:
+        config_dir: directory of recipes (default: the repository's configs/).
+        verbose: one block per recipe with every header field, instead of one line each.
+    """
+    recipes = list_recipes(config_dir)
+    width = max((len(name) for name, _ in recipes), default=10)
+    wc = max([3] + [len(info.get("cpu", "-")) for _, info in recipes])
+    wg = max([3] + [len(info.get("gpu", "-")) for _, info in recipes])
+    if not verbose:
+        print(f"{'recipe':<{width}}  {'cpu':<{wc}}  {'gpu':<{wg}}  summary")
+    for name, info in recipes:
+        if verbose:
+            print(name)
+            for key in FIELDS:
+                print(f"  {key + ':':<8} {info.get(key, '-')}")
+        else:
+            cpu, gpu = (info.get(k, "-") for k in ("cpu", "gpu"))
+            print(f"{name:<{width}}  {cpu:<{wc}}  {gpu:<{wg}}  {info.get('summary', '-')}")
+    print("\nrun one: spine fit --config RECIPE   (spine configs --verbose true: memory, disk, what it needs)")
+    return 0
