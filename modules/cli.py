@@ -171,13 +171,17 @@ def link_latest(log_dir: str | os.PathLike | None) -> Path | None:
         return None
     link = run.parent / "latest"
     try:
-        if link.is_symlink() or link.is_file():
+        if link.is_symlink():
             link.unlink()
         elif link.exists():
-            return None  # a real folder named latest: the user's, never replaced
+            return None  # a real file or folder named latest: the user's, never replaced
         link.symlink_to(run.name, target_is_directory=True)
     except OSError:
-        (run.parent / "latest.txt").write_text(run.name + "\n")
+        note = run.parent / "latest.txt"
+        # only a note this function wrote (one line naming a sibling run folder) is replaced
+        if note.exists() and not (run.parent / note.read_text(errors="replace").strip()).is_dir():
+            return None
+        note.write_text(run.name + "\n")
     return link
 
 

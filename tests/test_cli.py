@@ -168,3 +168,10 @@ def test_default_threads_follow_the_cpus_this_process_may_use(monkeypatch):
 def test_tool_options_are_not_prefixes(capsys, tmp_path):
     code, _, err = _run(capsys, ["generate", "--checkpoint", tmp_path, "--prompt", "a", "--max_new_token", "3"])
     assert code == 2 and "unrecognized arguments: --max_new_token" in err
+
+
+def test_latest_link_never_deletes_a_users_file_named_latest(tmp_path):
+    (tmp_path / "version_0").mkdir()
+    (tmp_path / "latest").write_text("my notes")
+    assert link_latest(tmp_path / "version_0") is None
+    assert (tmp_path / "latest").read_text() == "my notes"
