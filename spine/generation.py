@@ -480,20 +480,33 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def sequence_logprobs(model: GPT, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_logprobs(model: GPT, input_ids: torch.Tensor, mask: torch.Tensor | None = None, *,
+                      return_entropy: bool = False):
     """Differentiable log p(input_ids[:, t+1] | input_ids[:, :t+1]) under `model`: shape (B, T-1), float32.
 
     `mask` (B, T), true where a token is to be scored (e.g. completion tokens); positions whose target
     is masked out are 0. Sequences are right-padded (causal attention: no real token sees a pad).
     Rows past `vocab_size` (a padded vocabulary) are excluded from the normaliser, as in generation.
     A KV cache left on the model is set aside for the forward and put back.
+    `return_entropy=True` returns `(logprobs, entropy)`, the per-position entropy (detached: a metric)
+    from the same forward, so RL logs it without a second pass.
     """
     with own_kv_cache(model):
         logits = model(input_ids[:, :-1])
-    out = token_logprobs(logits[..., :model.config.vocab_size], input_ids[:, 1:])
+    logits = logits[..., :model.config.vocab_size]
+    ent = None
+    if return_entropy:
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        out = lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            ent = -(lp.exp() * lp).sum(dim=-1)
+    else:
+        out = token_logprobs(logits, input_ids[:, 1:])
     if mask is not None:
-        out = out * mask[:, 1:].to(out.dtype)
-    return out
+        m = mask[:, 1:].to(out.dtype)
+        out = out * m
+        ent = ent * m if ent is not None else None
+    return (out, ent) if return_entropy else out
 
 
 @torch.inference_mode()

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import torch
 
+from .generation import sequence_logprobs
+
 __all__ = ["AGGREGATIONS", "group_advantages", "zero_variance_groups", "kl_k3", "entropy_from_logits",
            "policy_token_loss", "TokenLoss", "aggregate", "pack_rollouts", "logprobs_and_entropy"]
 
@@ -79,18 +81,9 @@ def logprobs_and_entropy(model, input_ids: torch.Tensor, mask: torch.Tensor | No
     Same alignment and values as `sequence_logprobs` (a test checks it); the entropy is detached
     (a metric only). One forward serves both, so logging entropy costs no second pass.
     """
-    logits = model(input_ids[:, :-1])[..., : model.config.vocab_size].float()
-    lp = torch.log_softmax(logits, dim=-1)
-    out = lp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = -(lp.exp() * lp).sum(dim=-1)
-    if mask is not None:
-        m = mask[:, 1:].to(out.dtype)
-        out = out * m
-        ent = ent * m if ent is not None else None
-    return out, ent
+    if not with_entropy:
+        return sequence_logprobs(model, input_ids, mask), None
+    return sequence_logprobs(model, input_ids, mask, return_entropy=True)
 
 
 @dataclass
