@@ -3,6 +3,7 @@
 CI runs `make test` (.ci/run); the Makefile's recipes are the README's Setup/Tests commands, so a
 README command counts as run by CI when it is in .ci/run or in what `make test` / `make quickstart`
 would execute on a fresh clone (`make -n -B`, which runs nothing)."""
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,10 @@ def _block_after(text: str, heading: str) -> list[str]:
 def _make_dry_run(target: str) -> list[str]:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # run as CI does, inside `make test`: a sub-make would print "Entering/Leaving directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env=env).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
