@@ -1,4 +1,5 @@
-"""Run the real `spine fit` (or validate/test) in a subprocess group, as a user would, for multi-process tests."""
+"""Run the real `spine fit` (or validate/test) in a subprocess group, as a user would, for multi-process tests;
+and build the tiny `spine fit` configs (YAML) that the tests share."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,11 +100,9 @@ def callback(class_path: str, **init_args: Any) -> dict:
 
 def fit_yaml(root: Path | str, model: dict, data: dict, *, seed: int = 3, logger: bool = True,
              callbacks: list[dict] | None = None, **trainer: Any) -> str:
-    """A `spine fit` config as YAML: `seed_everything: seed`, a trainer on one CPU device with its
-    default_root_dir (and, unless `logger=False`, a CSV logger) under `root`, then the `trainer` keys
-    in order, `callbacks`, `model` and `data`."""
-    import yaml
-
+    """A `spine fit` config as YAML: `seed_everything: seed`; a trainer on one CPU device (the `trainer`
+    keywords add or replace Trainer arguments) with default_root_dir `root`, a CSV logger there unless
+    `logger=False`, and `callbacks`; then `model` and `data`."""
     t: dict[str, Any] = {"accelerator": "cpu", "devices": 1, **trainer, "default_root_dir": str(root),
                          "logger": csv_logger(root) if logger else False}
     if callbacks:
@@ -118,7 +119,7 @@ ACCELERATOR = os.environ.get("SPINE_TEST_ACCELERATOR", "cpu")
 
 
 def run(base: Path, name: str, *extra: str, devices: int, batch: int, strategy: str | dict, steps: int = STEPS,
-        dropout: float = 0.0, callbacks: list[dict] = ()) -> tuple[subprocess.CompletedProcess, Path, Path]:
+        dropout: float = 0.0, callbacks: Sequence[dict] = ()) -> tuple[subprocess.CompletedProcess, Path, Path]:
     """One tiny multi-process `spine fit` under `base/name`; returns (process, run root, probe dir).
 
     `strategy`: a Trainer strategy name or a {class_path, init_args} dict; `callbacks`: extra
