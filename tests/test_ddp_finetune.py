@@ -21,51 +21,30 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
-from fit_runner import ACCELERATOR, spine_fit  # noqa: E402
+from fit_runner import ACCELERATOR, TINY_MODEL, callback, fit_yaml, spine_fit  # noqa: E402
 
 STEPS = 6
-CONFIG = """
-seed_everything: 7
-trainer:
-  accelerator: {accelerator}
-  devices: {devices}
-  strategy: {strategy}
-  max_steps: {steps}
-  val_check_interval: {steps}
-  check_val_every_n_epoch: null
-  num_sanity_val_steps: 0
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {root}, name: logs}}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {root}/ckpt, save_last: true}}
-    - class_path: ddp_probe.FinalWeights
-      init_args: {{dirpath: {root}/weights}}
-model:
-{model}
-data:
-{data}
-"""
-STAGES = {
-    "classifier": ("""  class_path: modules.classifier.ClassifierModule
-  init_args:
-    model: gpt2-tiny
-    model_overrides: {d_model: 32, n_layer: 2, n_head: 2}
-    trainable_blocks: -1
-    lr: 3.0e-3""", """  class_path: datamodules.classification.ClassificationDataModule
-  init_args: {{path: {path}, label_map: {{ham: 0, spam: 1}}, tokenizer: byte, batch_size: 4}}"""),
-    "instruction": ("""  class_path: modules.instruction.InstructionModule
-  init_args:
-    model: gpt2-tiny
-    model_overrides: {d_model: 32, n_layer: 2, n_head: 2, context_length: 256}
-    lr: 3.0e-3""", """  class_path: datamodules.instruction.InstructionDataModule
-  init_args: {{path: {path}, tokenizer: byte, batch_size: 2, mask_prompt: true}}"""),
+STAGES = {  # (model, data) of each stage; the data's `path` is filled in by the test
+    "classifier": ({"class_path": "modules.classifier.ClassifierModule",
+                    "init_args": {"model": "gpt2-tiny", "model_overrides": TINY_MODEL, "trainable_blocks": -1,
+                                  "lr": 3.0e-3}},
+                   {"class_path": "datamodules.classification.ClassificationDataModule",
+                    "init_args": {"label_map": {"ham": 0, "spam": 1}, "tokenizer": "byte", "batch_size": 4}}),
+    "instruction": ({"class_path": "modules.instruction.InstructionModule",
+                     "init_args": {"model": "gpt2-tiny", "model_overrides": {**TINY_MODEL, "context_length": 256},
+                                   "lr": 3.0e-3}},
+                    {"class_path": "datamodules.instruction.InstructionDataModule",
+                     "init_args": {"tokenizer": "byte", "batch_size": 2, "mask_prompt": True}}),
 }
+
+
+def _config(root: Path, model: dict, data: dict, devices: int, strategy: str) -> str:
+    """STEPS steps on `devices` ranks, validation at the end, last.ckpt and every rank's final weights saved."""
+    callbacks = [callback("lightning.pytorch.callbacks.ModelCheckpoint", dirpath=root / "ckpt", save_last=True),
+                 callback("ddp_probe.FinalWeights", dirpath=root / "weights")]
+    return fit_yaml(root, model, data, seed=7, accelerator=ACCELERATOR, devices=devices, strategy=strategy,
+                    max_steps=STEPS, val_check_interval=STEPS, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                    log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
 
 
 def _data(stage: str, tmp: Path) -> Path:
@@ -99,11 +78,10 @@ def _metrics(root: Path) -> dict[str, float]:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_fine_tuning_stage_under_ddp(stage, tmp_path):
     model, data = STAGES[stage]
-    data = data.format(path=_data(stage, tmp_path))
+    data = {**data, "init_args": {"path": str(_data(stage, tmp_path)), **data["init_args"]}}
     root = tmp_path / "ddp"
     root.mkdir()
-    cfg = CONFIG.format(accelerator=ACCELERATOR, devices=2, strategy="ddp", steps=STEPS, root=root,
-                        model=model, data=data)
+    cfg = _config(root, model, data, devices=2, strategy="ddp")
     fit = spine_fit(cfg, root)
     assert fit.returncode == 0, fit.stderr[-4000:]
     w0, w1 = (load_file(root / "weights" / f"rank{r}.safetensors") for r in range(2))
@@ -113,8 +91,7 @@ def test_fine_tuning_stage_under_ddp(stage, tmp_path):
 
     one = tmp_path / "single"
     one.mkdir()
-    cfg = CONFIG.format(accelerator=ACCELERATOR, devices=1, strategy="auto", steps=STEPS, root=one,
-                        model=model, data=data)
+    cfg = _config(one, model, data, devices=1, strategy="auto")
     val = spine_fit(cfg, one, "--ckpt_path", str(root / "ckpt" / "last.ckpt"), subcommand="validate")
     assert val.returncode == 0, val.stderr[-4000:]
     single = _metrics(one)

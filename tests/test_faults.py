@@ -28,52 +28,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.fit_runner import callback, fit_yaml, synthetic_data, tiny_pretrain_model
+
 REPO = Path(__file__).resolve().parents[1]
 SUPPORT = REPO / "tests" / "support"
 
-FIT = """
-seed_everything: 3
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: {steps}
-  limit_val_batches: 0
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  use_distributed_sampler: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {root}, name: logs}}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{{dirpath}save_last: true, every_n_train_steps: 2, save_top_k: 0}}{extra}
-model:
-  class_path: modules.PretrainModule
-  init_args:
-    model: gpt2-tiny
-    model_overrides: {{d_model: 32, n_layer: 2, n_head: 2}}
-    lr: 3.0e-3
-    warmup_steps: 2
-data:
-  class_path: datamodules.PretrainDataModule
-  init_args:
-    source: synthetic
-    tokenizer: byte
-    context_length: 32
-    batch_size: 4
-    synthetic_problems: 40
-    seed: 5
-    cache_dir: {cache}
-"""
-SPINE_CKPT = "\n    - class_path: callbacks.SpineCheckpoint"
+SPINE_CKPT = callback("callbacks.SpineCheckpoint")
 
 
 def fit_config(path: Path, root: Path, cache: Path, *, steps: int = 8, dirpath: Path | None = None,
-               extra: str = "") -> Path:
-    path.write_text(FIT.format(steps=steps, root=root, cache=cache, extra=extra,
-                               dirpath=f"dirpath: {dirpath}, " if dirpath else ""))
+               extra: tuple[dict, ...] = ()) -> Path:
+    """A tiny pretraining fit (no validation, a last.ckpt every 2 steps, then the `extra` callbacks) at `path`."""
+    ckpt = callback("lightning.pytorch.callbacks.ModelCheckpoint", **({"dirpath": dirpath} if dirpath else {}),
+                    save_last=True, every_n_train_steps=2, save_top_k=0)
+    path.write_text(fit_yaml(root, tiny_pretrain_model(), synthetic_data(cache), max_steps=steps,
+                             limit_val_batches=0, log_every_n_steps=1, enable_progress_bar=False,
+                             enable_model_summary=False, use_distributed_sampler=False,
+                             callbacks=[ckpt, *extra]))
     return path
 
 
@@ -145,15 +116,15 @@ def run(tmp_path_factory):
     root, cache = base / "run", base / "cache"
     tmpdir = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     cross_fs = tmpdir is not None and os.stat(tmpdir).st_dev != os.stat(base).st_dev
-    killer = "\n    - class_path: fault_support.KillDuringSave\n      init_args: {save: 2}"
-    cfg = fit_config(base / "killed.yaml", root, cache, extra=SPINE_CKPT + killer)
+    killer = callback("fault_support.KillDuringSave", save=2)
+    cfg = fit_config(base / "killed.yaml", root, cache, extra=(SPINE_CKPT, killer))
     killed = spine("fit", "--config", cfg, **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
     ckdir = root / "logs" / "version_0" / "checkpoints"
     state = {"killed": killed, "ckdir": ckdir, "cross_fs": cross_fs,
              "debris": sorted(p.name for p in ckdir.iterdir()) if ckdir.is_dir() else []}
     state["last_after_kill"] = torch.load(ckdir / "last.ckpt", weights_only=True)["global_step"] \
         if (ckdir / "last.ckpt").is_file() else None
-    resumed = spine("fit", "--config", fit_config(base / "resume.yaml", root, cache, extra=SPINE_CKPT),
+    resumed = spine("fit", "--config", fit_config(base / "resume.yaml", root, cache, extra=(SPINE_CKPT,)),
                     "--ckpt_path", "last", **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
     state.update(resumed=resumed, base=base, root=root, cache=cache)
     return state
@@ -358,7 +329,7 @@ def bad_inputs(run, tmp_path_factory):
         "full disk: export-hf": (["export-hf", ck, out / "hf_full"], "could not write"),
         "full disk: consolidate": (["consolidate", last, out / "c_full"], "could not write"),
         "full disk: Lightning .ckpt save": (["fit", "--config", fitcfg("f21", dirpath=inp / "fullckpt", steps=2)], "could not write checkpoint"),
-        "full disk: spine checkpoint export during fit": (["fit", "--config", fitcfg("f22", steps=2, extra=SPINE_CKPT)], "could not write"),
+        "full disk: spine checkpoint export during fit": (["fit", "--config", fitcfg("f22", steps=2, extra=(SPINE_CKPT,))], "could not write"),
     }
     spec = {name: {"argv": [str(a) for a in argv], "cwd": str(out)} for name, (argv, _) in cases.items()}
     spec.update({name: {"argv": [str(a) for a in argv], "cwd": str(out), "fsize": 40_000} for name, (argv, _) in full.items()})

@@ -23,18 +23,16 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
-from fit_runner import EVERY, STEPS, final_weights, records, run, spine_fit  # noqa: E402
+from fit_runner import EVERY, STEPS, callback, final_weights, records, run, spine_fit  # noqa: E402
 
-FSDP = "{class_path: lightning.pytorch.strategies.ModelParallelStrategy, " \
-       "init_args: {data_parallel_size: 2, tensor_parallel_size: 1}}"
+FSDP = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+        "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}
 WORLD, BATCH = 2, 4
 # FSDP reduce-scatters gradient shards: like DDP, a different float32 summation order than one batch of 8
 LOSS_ATOL, WEIGHT_ATOL = 1e-5, 1e-5
 N_EVAL = 12
-REASONING = f"""
-    - class_path: callbacks.ReasoningEval
-      init_args: {{problems: "synthetic:level=1,n={N_EVAL},seed=123,split=eval", template: synthetic,
-                   sampling: {{max_new_tokens: 6, stop: ["\\nQuestion:"]}}, batch_size: 4}}"""
+REASONING = [callback("callbacks.ReasoningEval", problems=f"synthetic:level=1,n={N_EVAL},seed=123,split=eval",
+                      template="synthetic", sampling={"max_new_tokens": 6, "stop": ["\nQuestion:"]}, batch_size=4)]
 
 
 @pytest.fixture(scope="module")

@@ -6,38 +6,20 @@ import json
 import pytest
 import torch
 
-from tests.support.fit_runner import run_in_process
+from tests.support.fit_runner import TINY_MODEL, callback, fit_yaml, run_in_process
 
-CONFIG = """
-seed_everything: 1
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: 3
-  limit_val_batches: 1
-  num_sanity_val_steps: 0
-  enable_progress_bar: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {root}, name: logs}}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {root}/ckpt, save_last: true, save_top_k: 0}}
-model:
-  class_path: modules.classifier.ClassifierModule
-  init_args:
-    model: gpt2-tiny
-    model_overrides: {{d_model: 32, n_head: 2, n_layer: 1}}
-    trainable_blocks: -1
-data:
-  class_path: datamodules.classification.ClassificationDataModule
-  init_args:
-    path: {data}
-    label_map: {{ham: 0, spam: 1}}
-    tokenizer: byte
-    batch_size: 4
-"""
+
+
+def _config(root) -> str:
+    """Three steps of a one-layer tiny classifier on `root`/data.tsv, last.ckpt under `root`/ckpt."""
+    model = {"class_path": "modules.classifier.ClassifierModule",
+             "init_args": {"model": "gpt2-tiny", "model_overrides": {**TINY_MODEL, "n_layer": 1}, "trainable_blocks": -1}}
+    data = {"class_path": "datamodules.classification.ClassificationDataModule",
+            "init_args": {"path": str(root / "data.tsv"), "label_map": {"ham": 0, "spam": 1}, "tokenizer": "byte",
+                          "batch_size": 4}}
+    ckpt = callback("lightning.pytorch.callbacks.ModelCheckpoint", dirpath=root / "ckpt", save_last=True, save_top_k=0)
+    return fit_yaml(root, model, data, seed=1, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
+                    enable_progress_bar=False, callbacks=[ckpt])
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +28,7 @@ def trained(tmp_path_factory):
     rows = [("spam" if i % 3 == 0 else "ham", f"message number {i} " + ("WIN cash now" if i % 3 == 0 else "see you"))
             for i in range(40)]
     (root / "data.tsv").write_text("".join(f"{lab}\t{text}\n" for lab, text in rows))
-    (root / "c.yaml").write_text(CONFIG.format(root=root, data=root / "data.tsv"))
+    (root / "c.yaml").write_text(_config(root))
     code, out = run_in_process(["fit", "--config", str(root / "c.yaml")])
     assert code == 0, out
     return root

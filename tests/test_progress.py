@@ -10,49 +10,24 @@ from types import SimpleNamespace
 import pytest
 
 from callbacks.progress import SpineRichProgressBar, TextProgress, default_progress_bar
-from tests.support.fit_runner import run_in_process
+from tests.support.fit_runner import fit_yaml, run_in_process, synthetic_data, tiny_pretrain_model
 
-CONFIG = """
-seed_everything: 3
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: 6
-  val_check_interval: 3
-  check_val_every_n_epoch: null
-  num_sanity_val_steps: 0
-  limit_val_batches: 2
-  log_every_n_steps: 1
-  use_distributed_sampler: false
-  enable_checkpointing: false
-  default_root_dir: {root}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {root}, name: logs}}
-model:
-  class_path: modules.PretrainModule
-  init_args:
-    model: gpt2-tiny
-    model_overrides: {{d_model: 32, n_layer: 1, n_head: 2}}
-    lr: 3.0e-3
-    warmup_steps: 2
-data:
-  class_path: datamodules.PretrainDataModule
-  init_args:
-    source: synthetic
-    tokenizer: byte
-    context_length: 32
-    batch_size: 4
-    synthetic_problems: 40
-    cache_dir: {root}/cache
-"""
+
+
+def _config(root) -> str:
+    """Six steps of a one-layer tiny model, validation at steps 3 and 6, progress bar left on."""
+    return fit_yaml(root, tiny_pretrain_model({"n_layer": 1}), synthetic_data(root / "cache", seed=0),
+                    max_steps=6, val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                    limit_val_batches=2, log_every_n_steps=1, use_distributed_sampler=False,
+                    enable_checkpointing=False)
+
 
 LINE = re.compile(r"^step (\d+)/6  loss ([\d.]+)  lr ([\d.e-]+)  tok/s [\d,]+  elapsed \d+:\d\d  ETA \d+:\d\d$")
 
 
 def test_text_progress_lines_when_stdout_is_not_a_terminal(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(CONFIG.format(root=tmp_path))
+    cfg.write_text(_config(tmp_path))
     code, out = run_in_process(["fit", "--config", str(cfg)])  # stdout is a StringIO: not a TTY
     assert code == 0, out
     steps = [LINE.match(line) for line in out.splitlines() if line.startswith("step ")]

@@ -7,60 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.fit_runner import callback, fit_yaml, synthetic_data, tiny_pretrain_model
+
 REPO = Path(__file__).resolve().parents[1]
 
-CONFIG = """
-seed_everything: 3
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: 14
-  default_root_dir: {root}
-  limit_val_batches: 0
-  log_every_n_steps: 1
-  logger: false
-  enable_progress_bar: false
-  enable_model_summary: false
-  use_distributed_sampler: false
-  gradient_clip_val: 1.0
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args:
-        dirpath: {root}/ckpt
-        save_last: true
-        every_n_train_steps: 4
-        save_top_k: -1
-    - class_path: callbacks.SpineCheckpoint
-      init_args:
-        dirpath: {root}/spine
-        on_save: false
-model:
-  class_path: modules.PretrainModule
-  init_args:
-    model: gpt2-tiny
-    model_overrides: {{d_model: 32, n_layer: 2, n_head: 2, dropout: 0.1}}
-    lr: 3.0e-3
-    warmup_steps: 3
-data:
-  class_path: datamodules.PretrainDataModule
-  init_args:
-    source: synthetic
-    tokenizer: byte
-    context_length: 32
-    batch_size: 4
-    synthetic_problems: 60
-    seed: 5
-    cache_dir: {root}/cache
-"""
+
+
+def _config(root: Path) -> str:
+    """14 steps with dropout and clipping, a last.ckpt every 4 steps, the final spine checkpoint only."""
+    callbacks = [callback("lightning.pytorch.callbacks.ModelCheckpoint", dirpath=root / "ckpt", save_last=True,
+                          every_n_train_steps=4, save_top_k=-1),
+                 callback("callbacks.SpineCheckpoint", dirpath=root / "spine", on_save=False)]
+    return fit_yaml(root, tiny_pretrain_model({"dropout": 0.1}, warmup_steps=3),
+                    synthetic_data(root / "cache", synthetic_problems=60), logger=False, max_steps=14,
+                    limit_val_batches=0, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+                    use_distributed_sampler=False, gradient_clip_val=1.0, callbacks=callbacks)
 
 
 def _fit(root: Path, *extra: str, env_extra=None) -> subprocess.CompletedProcess:
     cfg = root / "config.yaml"
-    cfg.write_text(CONFIG.format(root=root))
+    cfg.write_text(_config(root))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "support"), str(REPO), env.get("PYTHONPATH", "")])
     env.update(env_extra or {})
