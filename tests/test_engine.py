@@ -266,3 +266,27 @@ def test_compiled_decode_with_in_graph_noise_equals_eager():
     ids = [[1, 2, 3], [4, 5, 6, 7, 8]]
     kw = dict(max_new_tokens=6, temperature=1.0, seed=3, repeats=[2, 1], stop_tokens=[10, 20, 30, 40], sync_every=2)
     assert generate(model, ids, compile_decode=True, **kw).tokens == generate(model, ids, **kw).tokens
+
+
+@pytest.mark.parametrize("repeats", [None, [2, 1, 3]])
+def test_cache_pool_buffers_are_reused_and_equal_a_fresh_cache(repeats):
+    """With a cache pool (the compiled engine's) the prefill writes straight into the pool's fixed buffers
+    (one prompt per row) or is gathered into them (shared prefill). A second call reuses the same buffers,
+    and nothing of what they held before leaks in: here they are filled with NaN between the calls."""
+    model = _model()
+    ids = [TOK.encode(p) for p in PROMPTS]
+    kw = dict(max_new_tokens=7, temperature=1.0, seed=4, repeats=repeats, stop_tokens=[10, 200])
+    pool: dict = {}
+    first = generate(model, ids, cache_pool=pool, **kw)
+    ptrs = {key: (k.data_ptr(), v.data_ptr()) for key, (k, v) in pool.items()}
+    assert ptrs and all(k.shape[0] == sum(repeats or [1] * 3) for k, _ in pool.values())
+    with torch.inference_mode():  # the pool holds inference tensors
+        for k, v in pool.values():
+            k.fill_(float("nan"))
+            v.fill_(float("nan"))
+    again = generate(model, ids, cache_pool=pool, **kw)
+    fresh = generate(model, ids, **kw)
+    assert {key: (k.data_ptr(), v.data_ptr()) for key, (k, v) in pool.items()} == ptrs
+    assert first.tokens == again.tokens == fresh.tokens
+    for a, b in zip(again.logprobs, fresh.logprobs):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
