@@ -379,11 +379,14 @@ def generate(
 
     device = model.tok_emb.weight.device
     T0 = max(len(p) for p in rows)
-    pad_u = torch.tensor([T0 - len(p) for p in rows], device=device)
-    idx = torch.full((U, T0), pad_id, dtype=torch.long, device=device)
+    # built on the host and moved once: on a GPU, a copy per prompt and a device repeat_interleave (which
+    # syncs to learn its length) are host round trips that every call's prefill would wait on
+    pad_u = torch.tensor([T0 - len(p) for p in rows]).to(device)
+    idx = torch.full((U, T0), pad_id, dtype=torch.long)
     for i, p in enumerate(rows):
-        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-    expand = torch.repeat_interleave(torch.arange(U, device=device), torch.tensor(reps, device=device))
+        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long)
+    idx = idx.to(device)
+    expand = torch.repeat_interleave(torch.arange(U), torch.tensor(reps)).to(device)
 
     was_training = model.training
     model.eval()
@@ -425,7 +428,7 @@ def generate(
             nxt, lp = _select(logits, seeds, 0, cfg.vocab_size, temperature, top_k, top_p)
             for step in range(max_new_tokens):
                 d = done if ident else done.index_select(0, cur)
-                nxt = nxt.masked_fill(d, pad_id)
+                nxt = torch.where(d, pad_id, nxt)
                 if ident:
                     out_tok[:, step] = nxt
                     out_lp[:, step] = lp

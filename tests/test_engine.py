@@ -290,3 +290,43 @@ def test_cache_pool_buffers_are_reused_and_equal_a_fresh_cache(repeats):
     assert first.tokens == again.tokens == fresh.tokens
     for a, b in zip(again.logprobs, fresh.logprobs):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
+def test_shared_prefill_cache_equals_replicated_prefill_and_decodes_with_the_same_ops():
+    """After the prefill, the shared path must look exactly like the replicated one: the gathered cache
+    equals (and is laid out like) the cache of each prompt prefilled once per row, and one decode step
+    dispatches the same ops (counted with torch.profiler: device-independent)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from spine.generation import _gather_cache
+
+    model = _model()
+    ids = [TOK.encode(p) for p in PROMPTS[:2]]
+    T = max(len(p) for p in ids)
+    padded = torch.tensor([[0] * (T - len(p)) + p for p in ids])
+    pad = torch.tensor([T - len(p) for p in ids])
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    with torch.inference_mode():
+        model.setup_kv_cache(2, T + 4)
+        model(padded, input_pos=torch.arange(T), pad_lens=pad, last_only=True)
+        _gather_cache(model, rows, None)
+        shared = [(b.attn.kv_cache.k, b.attn.kv_cache.v) for b in model.blocks]
+        model.setup_kv_cache(5, T + 4)
+        model(padded[rows], input_pos=torch.arange(T), pad_lens=pad[rows], last_only=True)
+        for (k, v), b in zip(shared, model.blocks):
+            ref = b.attn.kv_cache
+            assert k.is_contiguous() and k.stride() == ref.k.stride() and k.dtype == ref.k.dtype
+            assert torch.allclose(k, ref.k, atol=1e-6) and torch.allclose(v, ref.v, atol=1e-6)
+    model.reset_kv_cache()
+
+    def ops(prompts, repeats, new):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            generate(model, prompts, repeats=repeats, max_new_tokens=new, temperature=1.0, seed=1, top_k=20,
+                     stop_tokens=[256], sync_every=4)
+        return Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+
+    def per_step(prompts, repeats):  # 8 more steps, 2 more host checks: prefill and setup cancel out
+        return ops(prompts, repeats, 16) - ops(prompts, repeats, 8)
+
+    shared_ops = per_step(ids, [3, 2])
+    assert sum(shared_ops.values()) > 0 and shared_ops == per_step([ids[0]] * 3 + [ids[1]] * 2, None)
