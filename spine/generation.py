@@ -423,7 +423,7 @@ def generate(
             steps = torch.arange(max_new_tokens, device=device)  # 0-d counters for the compiled step
             steps_run = 0
             # until the first compaction batch row i is row i: the per-step bookkeeping writes whole columns
-            # (a few small kernels) instead of scattering through `cur`; the step is host-bound on small batches
+            # instead of scattering through `cur` (9 dispatches a step instead of 15, no index_put)
             ident = True
             nxt, lp = _select(logits, seeds, 0, cfg.vocab_size, temperature, top_k, top_p)
             for step in range(max_new_tokens):
