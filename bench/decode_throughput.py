@@ -5,6 +5,7 @@
 token (the rest, divided by 255), each the median of --reps runs after warm-up.
 
     python bench/decode_throughput.py --model gpt2-124m --batches 1,64
+    python bench/decode_throughput.py --batches 64 --variants spine,hf --profile   # + per-step ops/kernels/syncs
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from spine.engine import Engine, SamplingParams  # noqa: E402
 from spine.model import GPT  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_nsamples import IdsOnly  # noqa: E402
+from decode_nsamples import IdsOnly, per_step_profile  # noqa: E402
 
 
 def timed(fn, reps: int, warmup: int) -> float:
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variants", default="spine,spine_eager,hf")
+    ap.add_argument("--profile", action="store_true", help="per decode step: aten ops, kernels, kernel µs, syncs")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -93,6 +95,11 @@ def main() -> None:
             tpot = (total - ttft) / (args.new_tokens - 1)
             row = {"variant": variant, "batch": B, "tokens_per_s": B * args.new_tokens / total,
                    "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "total_s": total}
+            if args.profile:
+                hi = min(args.new_tokens, 64)
+                prof = per_step_profile(run, hi, hi // 2, cuda=True)
+                row.update({f"step_{k}": prof[k] for k in ("aten_ops", "kernels", "kernel_us", "syncs")},
+                           top_kernels=prof["top_kernels"])
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{args.model} prompt {args.prompt_len} new {args.new_tokens} top_k {args.top_k} bf16 "
@@ -101,6 +108,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['ttft_ms']:.1f} | {r['tpot_ms']:.2f} |")
+    if args.profile:
+        print("\n| variant | batch | aten ops/step | kernels/step | kernel µs/step | syncs/step |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['variant']} | {r['batch']} | {r['step_aten_ops']:.1f} | {r['step_kernels']:.1f} | "
+                  f"{r['step_kernel_us']:.0f} | {r['step_syncs']:.2f} |")
     by = {(r["variant"], r["batch"]): r["tokens_per_s"] for r in rows}
     for B in [int(b) for b in args.batches.split(",")]:
         if ("spine", B) in by and ("hf", B) in by:

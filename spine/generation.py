@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
-from .model import GPT
+from .model import GPT, KVCache
 # the sampling helpers live in spine.sampling; re-exported so `from spine.generation import ...` keeps working
 from .sampling import _select, filter_logits, sample_next, sample_seed, sample_with_noise, uniform_noise  # noqa: F401
 
@@ -101,15 +101,19 @@ def own_kv_cache(model: GPT) -> Iterator[None]:
             b.attn.kv_cache = c
 
 
+def _pool_buffers(pool: dict, i: int, shape: tuple, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block i's fixed (k, v) buffers of `shape` (one pair per shape, so a captured CUDA graph keeps its addresses)."""
+    return pool.setdefault((i, shape, dtype), (torch.empty(shape, dtype=dtype, device=device),
+                                               torch.empty(shape, dtype=dtype, device=device)))
+
+
 def _gather_cache(model: GPT, rows: torch.Tensor, pool: dict | None) -> None:
     """Keep cache rows `rows` (B',) of every block (repeats allowed: that is how a prefill is shared)."""
     B = rows.numel()
     for i, block in enumerate(model.blocks):
         c = block.attn.kv_cache
-        shape = (B, *c.k.shape[1:])
-        if pool is not None:  # fixed buffers per shape, so a captured CUDA graph keeps its addresses
-            k, v = pool.setdefault((i, shape, c.k.dtype), (torch.empty(shape, dtype=c.k.dtype, device=c.k.device),
-                                                           torch.empty(shape, dtype=c.k.dtype, device=c.k.device)))
+        if pool is not None:
+            k, v = _pool_buffers(pool, i, (B, *c.k.shape[1:]), c.k.dtype, c.k.device)
             if k.data_ptr() != c.k.data_ptr():
                 torch.index_select(c.k, 0, rows, out=k)
                 torch.index_select(c.v, 0, rows, out=v)
@@ -119,6 +123,20 @@ def _gather_cache(model: GPT, rows: torch.Tensor, pool: dict | None) -> None:
         else:
             k, v = c.k.index_select(0, rows), c.v.index_select(0, rows)
         c.k, c.v = k, v
+
+
+def _use_pool_cache(model: GPT, batch: int, total: int, filled: int, pool: dict) -> None:
+    """Make the pool's (batch, total) buffers the cache, so a prefill writes straight into the buffers the
+    decode graph reads (no fresh cache to allocate, zero and copy over). Columns from `filled` on are zeroed:
+    they hold an earlier call's rows, and a masked NaN there would still poison attention (0 * NaN)."""
+    cfg, ref = model.config, model.tok_emb.weight
+    for i, block in enumerate(model.blocks):
+        k, v = _pool_buffers(pool, i, (batch, cfg.n_kv_head, total, cfg.head_dim), ref.dtype, ref.device)
+        k[:, :, filled:].zero_()
+        v[:, :, filled:].zero_()
+        c = KVCache(0, cfg.n_kv_head, 0, cfg.head_dim, dtype=ref.dtype, device=ref.device)
+        c.k, c.v = k, v
+        block.attn.kv_cache = c
 
 
 def _pow2(n: int) -> int:
@@ -260,11 +278,14 @@ def generate(
 
     device = model.tok_emb.weight.device
     T0 = max(len(p) for p in rows)
-    pad_u = torch.tensor([T0 - len(p) for p in rows], device=device)
-    idx = torch.full((U, T0), pad_id, dtype=torch.long, device=device)
+    # built on the host and moved once: on a GPU, a copy per prompt and a device repeat_interleave (which
+    # syncs to learn its length) are host round trips that every call's prefill would wait on
+    pad_u = torch.tensor([T0 - len(p) for p in rows]).to(device)
+    idx = torch.full((U, T0), pad_id, dtype=torch.long)
     for i, p in enumerate(rows):
-        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-    expand = torch.repeat_interleave(torch.arange(U, device=device), torch.tensor(reps, device=device))
+        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long)
+    idx = idx.to(device)
+    expand = torch.repeat_interleave(torch.arange(U), torch.tensor(reps)).to(device)
 
     was_training = model.training
     model.eval()
@@ -277,9 +298,12 @@ def generate(
     with own_kv_cache(model):
         try:
             if use_cache:
-                model.setup_kv_cache(U, total)
+                if B == U and cache_pool is not None:
+                    _use_pool_cache(model, U, total, T0, cache_pool)
+                else:
+                    model.setup_kv_cache(U, total)
                 logits = model(idx, input_pos=torch.arange(T0, device=device), pad_lens=pad_u, last_only=True)
-                if B != U or cache_pool is not None:
+                if B != U:
                     _gather_cache(model, expand, cache_pool)
             else:
                 logits = model(idx, pad_lens=pad_u, last_only=True)
@@ -297,17 +321,28 @@ def generate(
             positions = torch.arange(T0, total, device=device)
             steps = torch.arange(max_new_tokens, device=device)  # 0-d counters for the compiled step
             steps_run = 0
+            # until the first compaction batch row i is row i: the per-step bookkeeping writes whole columns
+            # instead of scattering through `cur` (9 dispatches a step instead of 15, no index_put)
+            ident = True
             nxt, lp = _select(logits, seeds, 0, cfg.vocab_size, temperature, top_k, top_p)
             for step in range(max_new_tokens):
-                d = done.index_select(0, cur)
-                nxt = torch.where(d, torch.full_like(nxt, pad_id), nxt)
-                out_tok[cur, step] = nxt
-                out_lp[cur, step] = lp
+                d = done if ident else done.index_select(0, cur)
+                nxt = torch.where(d, pad_id, nxt)
+                if ident:
+                    out_tok[:, step] = nxt
+                    out_lp[:, step] = lp
+                else:
+                    out_tok[cur, step] = nxt
+                    out_lp[cur, step] = lp
                 steps_run = step + 1
                 if stop_tab is not None:
                     hit = (nxt[:, None] == stop_tab).any(-1) & ~d
-                    length[cur] = torch.where(hit, torch.full_like(nxt, step + 1), length.index_select(0, cur))
-                    done[cur] = d | hit
+                    if ident:
+                        length.masked_fill_(hit, step + 1)
+                        done |= hit  # d is done itself: read above, before this update
+                    else:
+                        length[cur] = torch.where(hit, torch.full_like(nxt, step + 1), length.index_select(0, cur))
+                        done[cur] = d | hit
                 if step == max_new_tokens - 1:
                     break
                 if (step + 1) % sync_every == 0 and (stop_tab is not None or stop_when is not None):
@@ -335,6 +370,7 @@ def generate(
                             else:
                                 keep = torch.arange(b, device=device)
                         if keep.numel() < b:
+                            ident = False
                             cur, nxt, lp = cur[keep], nxt[keep], lp[keep]
                             pad_lens, seeds = pad_lens[keep], seeds[keep]
                             stop_tab = stop_tab[keep] if stop_tab is not None else None

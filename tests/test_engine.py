@@ -266,3 +266,67 @@ def test_compiled_decode_with_in_graph_noise_equals_eager():
     ids = [[1, 2, 3], [4, 5, 6, 7, 8]]
     kw = dict(max_new_tokens=6, temperature=1.0, seed=3, repeats=[2, 1], stop_tokens=[10, 20, 30, 40], sync_every=2)
     assert generate(model, ids, compile_decode=True, **kw).tokens == generate(model, ids, **kw).tokens
+
+
+@pytest.mark.parametrize("repeats", [None, [2, 1, 3]])
+def test_cache_pool_buffers_are_reused_and_equal_a_fresh_cache(repeats):
+    """With a cache pool (the compiled engine's) the prefill writes straight into the pool's fixed buffers
+    (one prompt per row) or is gathered into them (shared prefill). A second call reuses the same buffers,
+    and nothing of what they held before leaks in: here they are filled with NaN between the calls."""
+    model = _model()
+    ids = [TOK.encode(p) for p in PROMPTS]
+    kw = dict(max_new_tokens=7, temperature=1.0, seed=4, repeats=repeats, stop_tokens=[10, 200])
+    pool: dict = {}
+    first = generate(model, ids, cache_pool=pool, **kw)
+    ptrs = {key: (k.data_ptr(), v.data_ptr()) for key, (k, v) in pool.items()}
+    assert ptrs and all(k.shape[0] == sum(repeats or [1] * 3) for k, _ in pool.values())
+    with torch.inference_mode():  # the pool holds inference tensors
+        for k, v in pool.values():
+            k.fill_(float("nan"))
+            v.fill_(float("nan"))
+    again = generate(model, ids, cache_pool=pool, **kw)
+    fresh = generate(model, ids, **kw)
+    assert {key: (k.data_ptr(), v.data_ptr()) for key, (k, v) in pool.items()} == ptrs
+    assert first.tokens == again.tokens == fresh.tokens
+    for a, b in zip(again.logprobs, fresh.logprobs):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
+def test_shared_prefill_cache_equals_replicated_prefill_and_decodes_with_the_same_ops():
+    """After the prefill, the shared path must look exactly like the replicated one: the gathered cache
+    equals (and is laid out like) the cache of each prompt prefilled once per row, and one decode step
+    dispatches the same ops (counted with torch.profiler: device-independent)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from spine.generation import _gather_cache
+
+    model = _model()
+    ids = [TOK.encode(p) for p in PROMPTS[:2]]
+    T = max(len(p) for p in ids)
+    padded = torch.tensor([[0] * (T - len(p)) + p for p in ids])
+    pad = torch.tensor([T - len(p) for p in ids])
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    with torch.inference_mode():
+        model.setup_kv_cache(2, T + 4)
+        model(padded, input_pos=torch.arange(T), pad_lens=pad, last_only=True)
+        _gather_cache(model, rows, None)
+        shared = [(b.attn.kv_cache.k, b.attn.kv_cache.v) for b in model.blocks]
+        model.setup_kv_cache(5, T + 4)
+        model(padded[rows], input_pos=torch.arange(T), pad_lens=pad[rows], last_only=True)
+        for (k, v), b in zip(shared, model.blocks):
+            ref = b.attn.kv_cache
+            assert k.is_contiguous() and k.stride() == ref.k.stride() and k.dtype == ref.k.dtype
+            assert torch.allclose(k, ref.k, atol=1e-6) and torch.allclose(v, ref.v, atol=1e-6)
+    model.reset_kv_cache()
+
+    def ops(prompts, repeats, new):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            generate(model, prompts, repeats=repeats, max_new_tokens=new, temperature=1.0, seed=1, top_k=20,
+                     stop_tokens=[256], sync_every=4)
+        return Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+
+    def per_step(prompts, repeats):  # 8 more steps, 2 more host checks: prefill and setup cancel out
+        return ops(prompts, repeats, 16) - ops(prompts, repeats, 8)
+
+    shared_ops = per_step(ids, [3, 2])
+    assert sum(shared_ops.values()) > 0 and shared_ops == per_step([ids[0]] * 3 + [ids[1]] * 2, None)

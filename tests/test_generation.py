@@ -197,3 +197,17 @@ def test_sampling_frequencies_match_filtered_softmax(top_k, top_p, support):
     assert set(draws) == set(range(support))
     for tok, p in enumerate(probs.tolist()):
         assert abs(draws.get(tok, 0) / 20000 - p) < 0.012, (tok, draws, probs)
+
+
+def test_finished_rows_padded_with_a_stop_id_keep_their_length():
+    """A finished row is fed `pad_id` from then on; when pad_id is itself a stop id (GPT-2 pads with its
+    eos) that must not count as the row stopping again later."""
+    model, prompts = _peaked("gpt2-tiny"), _prompts()
+    free = generate(model, prompts, max_new_tokens=12)
+    row0 = free.tokens[0]
+    stop = next(t for i, t in enumerate(row0) if i >= 2 and t not in row0[:i])
+    never = next(t for t in range(V) if all(t not in r for r in free.tokens))
+    ref = generate(model, prompts, max_new_tokens=12, stop_tokens=[[stop], [never], [never]])
+    out = generate(model, prompts, max_new_tokens=12, stop_tokens=[[stop], [never], [never]], pad_id=stop,
+                   sync_every=64, compact=False)  # the finished row stays in the batch to the end
+    assert out.tokens == ref.tokens and out.finish_reasons == ref.finish_reasons == ["stop", "length", "length"]
