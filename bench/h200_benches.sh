@@ -1,0 +1,32 @@
+#!/bin/bash
+# One device call for issue 15/16/11's GPU benches (NVIDIA H200). Run from the repo root on the device
+# machine with `.whl` (../shared/tools/device-wheels trl accelerate psutil pandas jinja2 fastapi uvicorn
+# starlette pydantic pydantic-core openai httpx anyio sniffio h11 httpcore jiter distro annotated-types
+# typing-inspection click rich) and `.devdata` (copies of ../shared/anchors and ../shared/data/gpt2-bpe)
+# carried. Each bench has its own time limit and writes its log and JSON under $OUT, so one failure or
+# overrun does not cost the others. Usage: bash bench/h200_benches.sh [section ...]
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+run() {  # name limit_s command...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name ($(date -u +%H:%M:%S))"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$? $name" | tee -a "$OUT/rc.txt"
+  tail -n 14 "$OUT/$name.log"
+}
+[ $# -eq 0 ] && set -- grpo decode serve train
+for s in "$@"; do case $s in
+grpo)
+  run grpo-gpt2 170 python3 bench/grpo_throughput.py --preset gpt2-124m --device cuda --steps 3 --warmup 1 --out "$OUT/grpo-gpt2-124m.json"
+  run grpo-qwen3 200 python3 bench/grpo_throughput.py --preset qwen3-0.6b --device cuda --steps 3 --warmup 1 --out "$OUT/grpo-qwen3-0.6b.json" ;;
+decode)
+  run decode-nsamples 110 python3 bench/decode_nsamples.py --preset gpt2-124m --prompts 8 --n 16 --prompt_len 512 --new_tokens 256 --variants shared,replicated,hf --compile --profile --reps 3 --warmup 1
+  run decode-b64 90 python3 bench/decode_throughput.py --model gpt2-124m --batches 64 --variants spine,hf --reps 3 --warmup 2 ;;
+serve)
+  run serve-load 110 python3 bench/serve_load.py --device cuda --preset gpt2-124m --tokenizer gpt2 --vocab_dir .devdata/gpt2-bpe --max_batch_size 32 --requests_per_client 25 --deadline_s 100 ;;
+train)
+  run train 150 python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 15 --warmup 6 --variants trainer,plain,nanogpt --anchors .devdata/anchors --out "$OUT/train.json" ;;
+esac; done
