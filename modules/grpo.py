@@ -56,6 +56,8 @@ class GRPOModule(SpineModule):
     Filtering: `skip_zero_variance` drops all-equal groups with no forward/backward; `resample_budget`
       extra rounds redraw those groups' samples; `mask_truncated` removes completions that hit
       `max_new_tokens` from the loss.
+    Speed: `compile_rollouts` keeps one `Engine(compile=True)` for the whole fit, so the compiled decode
+      step (a CUDA graph on GPU) and its KV-cache buffers are built once and reused by every rollout.
     """
 
     def __init__(self, *args: Any, group_size: int = 8,
@@ -66,7 +68,7 @@ class GRPOModule(SpineModule):
                  format_weight: float = 0.0, format_only_when_correct: bool = False, random_reward: bool = False,
                  skip_zero_variance: bool = True, resample_budget: int = 0, mask_truncated: bool = False,
                  rollout_batch_size: int = 64, micro_batch_size: int | None = None, max_grad_norm: float | None = 1.0,
-                 max_skipped_steps: int = 50, **kwargs: Any):
+                 max_skipped_steps: int = 50, compile_rollouts: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
         self.model.train()
@@ -75,6 +77,8 @@ class GRPOModule(SpineModule):
         _int_at_least("resample_budget", resample_budget, 0)
         _int_at_least("rollout_batch_size", rollout_batch_size, 1)
         _int_at_least("max_skipped_steps", max_skipped_steps, 1)
+        if not isinstance(compile_rollouts, bool):
+            raise ValueError(f"GRPOModule: compile_rollouts must be true or false, got {compile_rollouts!r}")
         if micro_batch_size is not None:
             _int_at_least("micro_batch_size", micro_batch_size, 1)
         if loss_aggregation not in AGGREGATIONS:
@@ -107,6 +111,7 @@ class GRPOModule(SpineModule):
         self.rollouts = 0            # rollout batches drawn so far (keys the rollout noise)
         self.skipped_in_a_row = 0
         self.last_metrics: dict[str, float] = {}
+        self._engine: Engine | None = None  # the fit's one compiled engine (compile_rollouts), made lazily
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -136,12 +141,30 @@ class GRPOModule(SpineModule):
         for ref in self._ref:
             ref.to(self.device)
 
+    def on_fit_end(self) -> None:
+        self._engine = None  # frees the KV-cache pool; the compiled step stays cached on the model
+
+    def rollout_engine(self) -> Engine:
+        """The engine a rollout decodes with: a fresh eager one, or (`compile_rollouts`) the fit's one
+        compiled engine. Keeping it keeps its KV-cache buffers at fixed addresses, so the CUDA graph
+        captured for the decode step replays every step instead of being re-recorded. The graph reads
+        the parameters in place and the optimizer updates them in place, so it always sees the current
+        weights. It runs under whatever autocast the step runs under (torch.compile guards on the
+        autocast state), as the eager path does, so both decode at the same precision."""
+        if not self.hparams.compile_rollouts:
+            return Engine(self.model, self.tokenizer, batch_size=self.hparams.rollout_batch_size)
+        e = self._engine
+        if e is None or e.model is not self.model or e.tokenizer is not self.tokenizer:
+            self._engine = Engine(self.model, self.tokenizer, batch_size=self.hparams.rollout_batch_size,
+                                  compile=True)
+        return self._engine
+
     # ------------------------------------------------------------------ rollouts
     @torch.no_grad()
     def rollout(self, problems, prompts: Sequence[str], round_: int = 0) -> dict[str, Any]:
         """G completions per prompt with the current weights, scored: a dict of per-row lists
         (row i*G + j is sample j of prompt i) and the rollout's seconds/tokens."""
-        engine = Engine(self.model, self.tokenizer, batch_size=self.hparams.rollout_batch_size)
+        engine = self.rollout_engine()
         # a fresh noise stream per rollout batch: (sampling.seed, rollout index), then per (problem, sample)
         params = dataclasses.replace(self.sampling, seed=sample_seed(self.sampling.seed, "rollout", self.rollouts))
         keys = [p.id if round_ == 0 else f"{p.id}#resample{round_}" for p in problems]

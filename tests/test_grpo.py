@@ -170,6 +170,89 @@ def test_random_reward_control_permutes_the_steps_rewards(policy_dir):
     assert not torch.equal(ctl["rewards"], true["rewards"])
 
 
+class _Recorded(GRPOModule):
+    """GRPOModule keeping each rollout's engine and samples."""
+
+    def rollout(self, *a, **k):
+        out = super().rollout(*a, **k)
+        self.seen.append((self.engine_used, out["token_ids"]))
+        self.logprobs.append(out["logprobs"])
+        return out
+
+    def rollout_engine(self):
+        self.engine_used = super().rollout_engine()
+        return self.engine_used
+
+
+def _recorded(policy_dir, **kw) -> _Recorded:
+    module = _Recorded(init_from=str(policy_dir), group_size=3, reward="rl_support.digit_count", lr=1e-3,
+                       scheduler="constant", sampling=SamplingParams(temperature=1.0, max_new_tokens=6), **kw)
+    module.seen, module.logprobs = [], []
+    return module
+
+
+def test_compile_rollouts_keeps_one_engine_and_draws_the_eager_samples(policy_dir, tmp_path, monkeypatch):
+    """compile_rollouts: both training steps decode with one compiled Engine, through its fused decode
+    step, and draw the eager run's samples (so the trained weights match too, to float rounding). torch.compile is the
+    identity here (Inductor on CPU takes minutes): this checks the module's wiring and the fused step's
+    path; the slow test below compiles for real."""
+    fused_calls = []
+
+    def no_compile(fn, **kw):
+        def counted(*a):
+            fused_calls.append(1)
+            return fn(*a)
+        return counted
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    eager, compiled = _recorded(policy_dir), _recorded(policy_dir, compile_rollouts=True)
+    _fit(eager, tmp_path / "eager")
+    assert not fused_calls
+    _fit(compiled, tmp_path / "compiled")
+    assert len(fused_calls) == 2 * 5  # 2 rollouts x (6 new tokens - the one sampled from the prefill)
+    (e1, s1), (e2, s2) = compiled.seen
+    assert e1 is e2 and e1.compile
+    assert eager.seen[0][0] is not eager.seen[1][0] and not eager.seen[0][0].compile
+    assert [s for _, s in eager.seen] == [s1, s2]
+    assert s1 != s2  # (the premise: the two steps drew different samples)
+    # the log-probs (and so the updates) agree to float rounding, not bitwise: the compiled engine's cache
+    # is padded to a multiple of 256 positions, so attention sums over more (masked) columns
+    for a, b in zip(eager.logprobs, compiled.logprobs):
+        assert torch.allclose(torch.tensor([x for r in a for x in r]), torch.tensor([x for r in b for x in r]),
+                              atol=1e-5, rtol=0)
+    w_eager, w_compiled = eager.model.state_dict(), compiled.model.state_dict()
+    assert all(torch.allclose(w_eager[k], w_compiled[k], atol=1e-5, rtol=0) for k in w_eager)
+    assert compiled._engine is None  # the KV-cache pool is let go when the fit ends
+
+
+@pytest.mark.slow
+def test_compiled_rollouts_follow_in_place_weight_updates(policy_dir):
+    """Real torch.compile (Inductor on CPU, minutes; run with -m slow): the compiled engine draws the eager
+    samples, and after an in-place weight change (what the optimizer does) it draws the new weights'
+    samples without compiling again."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    problems = PromptDataModule(SOURCE, prompts_per_step=2)
+    problems.setup()
+    batch = next(iter(problems.train_dataloader()))
+    eager, compiled = _recorded(policy_dir), _recorded(policy_dir, compile_rollouts=True)
+    drawn = []
+    for step in range(2):
+        a = eager.rollout(batch["problems"], batch["prompts"])["token_ids"]
+        assert compiled.rollout(batch["problems"], batch["prompts"])["token_ids"] == a
+        drawn.append(a)
+        if step == 0:
+            graphs = counters["stats"]["unique_graphs"]
+            with torch.no_grad():  # the same in-place change on both sides, as an optimizer step makes
+                for m in (eager, compiled):
+                    for p in m.model.parameters():
+                        p.mul_(1.5)
+    assert drawn[0] != drawn[1]  # (the premise: the new weights draw other samples from the same noise)
+    assert counters["stats"]["unique_graphs"] == graphs > 0
+    assert compiled.seen[0][0] is compiled.seen[1][0]
+
+
 # ----------------------------------------------------------------------------- bad configs, one line
 CLI_CONFIG = """
 trainer:
