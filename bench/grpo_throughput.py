@@ -7,8 +7,11 @@ same prompt token ids, plain temperature-1 sampling, the DAPO token-mean loss, n
 one update per rollout (old log-probs = the rollout's, no recompute), fp32 weights under bf16 autocast
 on GPU (fp32 on CPU), and completions of exactly N tokens (so the comparison times work, not luck):
 - spine: the module through Lightning's Trainer, as `spine fit` runs it (manual optimization;
-  `GRPOModule.rollout` drives `spine.engine.Engine`, eager decode, as the module does). The tokenizer
-  has no stop id, so every row decodes N tokens.
+  `GRPOModule.rollout` drives `spine.engine.Engine`, eager decode, as the module does by default). The
+  tokenizer has no stop id, so every row decodes N tokens.
+- spine_compiled: the same with `compile_rollouts=True` (one compiled Engine for the fit: the CUDA-graph
+  decode step; its compilation falls in the warm-up step). `--spine_compile` turns the `spine` variant
+  into this one.
 - TRL: `GRPOTrainer` with transformers `generate` (no vLLM), `min_new_tokens=N` so EOS is masked,
   gradient checkpointing off (TRL's default is on: `--trl_gradient_checkpointing` turns it back on),
   logging/saving/reporting off.
@@ -24,6 +27,8 @@ TRL is a bench-only dependency (not in pyproject): `pip install trl` (measured w
 machine: `../shared/tools/device-wheels trl accelerate psutil` and carry `.whl` (see that script's header).
 
     python bench/grpo_throughput.py --preset gpt2-124m --device cuda --steps 3 --warmup 1
+    python bench/grpo_throughput.py --preset gpt2-124m --device cuda --steps 3 --warmup 1 \
+        --variants spine,spine_compiled,trl   # eager spine, compiled-rollout spine and TRL in one run
     python bench/grpo_throughput.py --preset qwen3-0.6b --device cuda --steps 3 --warmup 1
     python bench/grpo_throughput.py --preset gpt2-tiny --prompts 2 --n 4 --new_tokens 16 --device cpu \
         --steps 1 --warmup 1                # a CPU check that both sides run end to end
@@ -50,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spine.config import ModelConfig  # noqa: E402
 from spine.model import GPT  # noqa: E402
 
-VARIANTS = ("spine", "trl")
+VARIANTS = ("spine", "spine_compiled", "trl")
 
 
 # ---------------------------------------------------------------------------- shared inputs
@@ -119,8 +124,9 @@ def _sync(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------- spine
-def run_spine(args, cfg: ModelConfig, state: dict, prompts: list[list[int]]) -> dict:
-    """Warmup + steps GRPO steps of `GRPOModule` through Lightning's Trainer; per-step seconds."""
+def run_spine(args, cfg: ModelConfig, state: dict, prompts: list[list[int]], compile_rollouts: bool = False) -> dict:
+    """Warmup + steps GRPO steps of `GRPOModule` through Lightning's Trainer; per-step seconds.
+    `compile_rollouts`: the module's compiled rollout engine (variant spine_compiled)."""
     import lightning.pytorch as L
 
     from datamodules.prompts import PromptDataModule
@@ -163,7 +169,7 @@ def run_spine(args, cfg: ModelConfig, state: dict, prompts: list[list[int]]) -> 
         reward="format",  # replaced below by text_reward (the same function TRL gets)
         skip_zero_variance=False,  # TRL trains every group: so does this side
         rollout_batch_size=args.prompts * args.n, max_grad_norm=1.0, lr=1e-6, weight_decay=0.0,
-        scheduler="constant")
+        scheduler="constant", compile_rollouts=compile_rollouts)
     module.model.load_state_dict(state)
     module.tokenizer = tok
     module.reward_fn = lambda problem, text: text_reward(text)
@@ -269,6 +275,17 @@ def summarise(name: str, raw: dict, args) -> dict:
             "step_s_all": raw["step_s"], "rollout_s_all": raw["rollout_s"]}
 
 
+def choose_variants(spec: str, spine_compile: bool = False) -> list[str]:
+    """The variants to run, in order, from `--variants`; `--spine_compile` swaps spine for spine_compiled."""
+    variants = [v.strip() for v in spec.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise SystemExit(f"--variants: unknown {unknown or 'none given'}; choose from {', '.join(VARIANTS)}")
+    if spine_compile:
+        variants = ["spine_compiled" if v == "spine" else v for v in variants]
+    return list(dict.fromkeys(variants))
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -285,17 +302,16 @@ def main() -> None:
     ap.add_argument("--prompt_len", type=int, default=64, help="tokens per prompt")
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    ap.add_argument("--variants", default="spine,trl")
+    ap.add_argument("--variants", default="spine,trl", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    ap.add_argument("--spine_compile", action="store_true",
+                    help="run the spine variant with compile_rollouts (reported as spine_compiled)")
     ap.add_argument("--trl_gradient_checkpointing", action="store_true",
                     help="TRL's default; off by default here because spine does not recompute activations")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                     help="auto: bf16 autocast over fp32 weights on CUDA, fp32 on CPU (bf16 on CPU checks the AMP path)")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise SystemExit(f"--variants: unknown {unknown or 'none given'}; choose from {', '.join(VARIANTS)}")
+    variants = choose_variants(args.variants, args.spine_compile)
     for name in ("prompts", "new_tokens", "prompt_len", "steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -331,12 +347,15 @@ def main() -> None:
             export_hf(model, Path(hf_dir) / "model")
             del model
         for v in variants:
+            torch._dynamo.reset()  # a compiled variant's graphs (and CUDA-graph memory) go before the next runs
             gc.collect()
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            raw[v] = run_spine(args, cfg, state, prompts) if v == "spine" else \
-                run_trl(args, cfg, Path(hf_dir) / "model", prompts)
+            if v == "trl":
+                raw[v] = run_trl(args, cfg, Path(hf_dir) / "model", prompts)
+            else:
+                raw[v] = run_spine(args, cfg, state, prompts, compile_rollouts=v == "spine_compiled")
             if args.device.startswith("cuda"):
                 raw[v]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     rows = []
@@ -347,9 +366,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     by = {r["variant"]: r for r in rows}
-    ratio = None
-    if "spine" in by and "trl" in by:
-        ratio = {k: by["trl"][k] / by["spine"][k] for k in ("rollout_s", "update_s", "step_s")}
+    ratios = {s: {k: by["trl"][k] / by[s][k] for k in ("rollout_s", "update_s", "step_s")}
+              for s in ("spine", "spine_compiled") if s in by and "trl" in by}
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -362,11 +380,12 @@ def main() -> None:
     print("| variant | rollout s | update s | s/step |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['variant']} | {r['rollout_s']:.3f} | {r['update_s']:.3f} | {r['step_s']:.3f} |")
-    if ratio:
-        print(f"| TRL / spine | {ratio['rollout_s']:.2f}x | {ratio['update_s']:.2f}x | {ratio['step_s']:.2f}x |")
+    for s, ratio in ratios.items():
+        print(f"| TRL / {s} | {ratio['rollout_s']:.2f}x | {ratio['update_s']:.2f}x | {ratio['step_s']:.2f}x |")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "device": device_name(args.device), "date": when,
-                                              "versions": versions, "rows": rows, "trl_over_spine": ratio}, indent=2))
+                                              "versions": versions, "rows": rows, "trl_over_spine": ratios.get("spine"),
+                                              "trl_over_spine_compiled": ratios.get("spine_compiled")}, indent=2))
 
 
 if __name__ == "__main__":

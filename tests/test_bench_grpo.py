@@ -41,3 +41,13 @@ def test_short_completions_are_refused(bench):
     assert (row["rollout_s"], row["update_s"], row["step_s"]) == (0.25, 0.75, 1.0)  # warm-up step dropped
     with pytest.raises(SystemExit, match="not all 4 tokens"):
         bench.summarise("trl", dict(raw, lengths=[4, 4, 3, 4]), args)
+
+
+def test_variants_and_spine_compile(bench):
+    assert bench.choose_variants("spine, spine_compiled,trl") == ["spine", "spine_compiled", "trl"]
+    assert bench.choose_variants("spine,trl", spine_compile=True) == ["spine_compiled", "trl"]
+    assert bench.choose_variants("spine,spine_compiled", spine_compile=True) == ["spine_compiled"]
+    with pytest.raises(SystemExit, match="unknown \\['vllm'\\]"):
+        bench.choose_variants("spine,vllm")
+    with pytest.raises(SystemExit, match="none given"):
+        bench.choose_variants(" , ")

@@ -1,6 +1,7 @@
 """The GRPO stage on tiny models: skipped groups run no forward/backward, the random-reward control,
 truncation masking, bad configs fail in one line, exact resume after SIGKILL, the book's config parses."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,9 +194,9 @@ def _recorded(policy_dir, **kw) -> _Recorded:
 
 def test_compile_rollouts_keeps_one_engine_and_draws_the_eager_samples(policy_dir, tmp_path, monkeypatch):
     """compile_rollouts: both training steps decode with one compiled Engine, through its fused decode
-    step, and draw the eager run's samples (so the trained weights match too, to float rounding). torch.compile is the
-    identity here (Inductor on CPU takes minutes): this checks the module's wiring and the fused step's
-    path; the slow test below compiles for real."""
+    step, and draw the eager run's samples (so the trained weights match too, to float rounding).
+    torch.compile is the identity here, so the whole fit stays fast: this checks the module's wiring and
+    the fused step's path; the next test compiles for real."""
     fused_calls = []
 
     def no_compile(fn, **kw):
@@ -225,9 +226,9 @@ def test_compile_rollouts_keeps_one_engine_and_draws_the_eager_samples(policy_di
     assert compiled._engine is None  # the KV-cache pool is let go when the fit ends
 
 
-@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="Inductor on CPU needs a C++ compiler")
 def test_compiled_rollouts_follow_in_place_weight_updates(policy_dir):
-    """Real torch.compile (Inductor on CPU, minutes; run with -m slow): the compiled engine draws the eager
+    """Real torch.compile (Inductor on CPU, ~20 s cold on 2 cores): the compiled engine draws the eager
     samples, and after an in-place weight change (what the optimizer does) it draws the new weights'
     samples without compiling again."""
     from torch._dynamo.utils import counters
@@ -244,10 +245,12 @@ def test_compiled_rollouts_follow_in_place_weight_updates(policy_dir):
         drawn.append(a)
         if step == 0:
             graphs = counters["stats"]["unique_graphs"]
+            g = torch.Generator().manual_seed(0)
             with torch.no_grad():  # the same in-place change on both sides, as an optimizer step makes
-                for m in (eager, compiled):
-                    for p in m.model.parameters():
-                        p.mul_(1.5)
+                for p, q in zip(eager.model.parameters(), compiled.model.parameters()):
+                    delta = torch.randn(p.shape, generator=g)
+                    p.add_(delta)
+                    q.add_(delta)
     assert drawn[0] != drawn[1]  # (the premise: the new weights draw other samples from the same noise)
     assert counters["stats"]["unique_graphs"] == graphs > 0
     assert compiled.seen[0][0] is compiled.seen[1][0]
