@@ -56,6 +56,12 @@ def ladder(
         known = sorted(p.stem for p in PLANS.glob("*.yaml") if not p.stem.startswith("_"))
         raise ValueError(f"--size {size!r}: no plan {plan_path}; known sizes: {', '.join(known)}")
     spec = load_plan(plan_path, _vars(set))
+    root = PLANS.parent.parent
+    if not (Path.cwd() / "configs").is_dir() and (root / "configs").is_dir():
+        # the stages name configs/ and datamodules/ relative to the working folder; elsewhere every
+        # stage would be skipped as "not landed"
+        raise ValueError(f"run it from the repository root ({root}): the plan's stages name "
+                         f"configs relative to it, and {Path.cwd()} has no configs/ folder")
     seed_list = list(seeds) if seeds else [seed]
     base = Path(out) if out else Path("runs") / "ladder" / (f"{size}" if len(seed_list) > 1 else f"{size}-seed{seed}")
     runs = []

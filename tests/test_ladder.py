@@ -367,7 +367,15 @@ def test_shipped_plans_load():
         assert {"pretrain", "sft", "grpo", "grpo-random", "student"} <= set(plan["models"])
         names = [r["name"] for r in plan["rungs"]]
         assert {"sft-greedy", "sft-sc", "sft-bestofn", "sft-refine", "grpo-greedy", "grpo-sc",
-                "grpo-random-greedy", "student-greedy"} <= set(names)
+                "grpo-random-greedy", "student-greedy", "student-sft-greedy", "student-kd-greedy"} <= set(names)
+
+
+def test_extends_chain_resolves_each_file_relative_to_itself(tmp_path):
+    # a user's plan elsewhere extends the shipped gpu plan, which itself extends cpu.yaml beside it
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"extends: {REPO / 'configs' / 'ladder' / 'gpu.yaml'}\nvars: {{device: cpu}}\n")
+    plan = load_plan(mine)
+    assert plan["vars"]["device"] == "cpu" and plan["size"] == "gpu" and "student" in plan["models"]
 
 
 # ----------------------------------------------------------------------------- the shrunken ladder, end to end

@@ -70,12 +70,14 @@ def load_plan(path: str | Path, overrides: dict[str, Any] | None = None) -> dict
     path = Path(path)
     plan = _read_yaml(path)
     seen = {path.resolve()}
+    cur = path  # an `extends` is relative to the file that names it, not to the first plan
     while "extends" in plan:
-        base_path = path.parent / str(plan.pop("extends"))
+        base_path = cur.parent / str(plan.pop("extends"))
         if base_path.resolve() in seen:
             raise ValueError(f"{path}: 'extends' loops back to {base_path}")
         seen.add(base_path.resolve())
         base = _read_yaml(base_path)
+        cur = base_path
         vars_ = {**(base.get("vars") or {}), **(plan.get("vars") or {})}
         plan = {**base, **plan, "vars": vars_}
     plan["vars"] = {**(plan.get("vars") or {}), **(overrides or {})}
