@@ -331,6 +331,18 @@ def test_missing_extra_is_one_line(monkeypatch, capsys, ckpt):
     assert code == 2 and len(err.splitlines()) == 1 and "pip install -e '.[serve]'" in err
 
 
+def test_missing_dependency_of_an_installed_extra_is_named(monkeypatch):
+    # seen on a GPU image: fastapi installed, its dependency absent -> the line must name the dependency
+    from spine.serve import MissingExtra, require
+
+    def fake_import(name, *a, **k):
+        raise ModuleNotFoundError("No module named 'annotated_doc'", name="annotated_doc")
+
+    monkeypatch.setattr("importlib.import_module", fake_import)
+    with pytest.raises(MissingExtra, match="installed but cannot be imported: its dependency 'annotated_doc'"):
+        require("fastapi", "spine serve")
+
+
 # ---------------------------------------------------------------------------- spine chat
 def test_chat_cli_multi_turn_reset_and_completion_mode(monkeypatch, capsys, ckpt, engine):
     import io

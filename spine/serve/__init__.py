@@ -24,6 +24,12 @@ def require(module: str, what: str) -> ModuleType:
     """Import `module` or raise a one-line `MissingExtra` naming the install command."""
     try:
         return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtra(f"{what} needs the '{module.split('.')[0]}' package, which is not installed: "
+    except ImportError as e:
+        top = module.split(".")[0]
+        missing = getattr(e, "name", None) or top
+        # an installed package whose own dependency is missing must say which one, not "not installed"
+        if missing.split(".")[0] != top:
+            raise MissingExtra(f"{what} needs the '{top}' package, which is installed but cannot be imported: "
+                               f"its dependency '{missing}' is missing ({INSTALL_HINT})") from None
+        raise MissingExtra(f"{what} needs the '{top}' package, which is not installed: "
                            f"{INSTALL_HINT}") from None
