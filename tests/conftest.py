@@ -48,6 +48,17 @@ def shared_data() -> Path:
     return path
 
 
+def load_bench(name: str):
+    """Import `bench/NAME.py` as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def gpt2_vocab_dir(shared_data: Path) -> Path:
     d = shared_data / "gpt2-bpe"

@@ -1,22 +1,15 @@
 """bench/decode_nsamples.py: its per-step profile subtracts a short run from a long one, so the fixed
 setup cancels and what is left is exactly the ops of one step; and the bench runs end to end on CPU."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_bench
 import torch
-
-_PATH = Path(__file__).resolve().parents[1] / "bench" / "decode_nsamples.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("decode_nsamples", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("decode_nsamples")
 
 
 def test_per_step_profile_counts_the_ops_of_one_step(bench):

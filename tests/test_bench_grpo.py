@@ -1,21 +1,15 @@
 """bench/grpo_throughput.py compares like with like: its two tokenizers of the synthetic vocabulary give
 spine and TRL the same prompt ids and the shared reward the same text, and a run whose completions were
 not all full length is refused rather than reported."""
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-_PATH = Path(__file__).resolve().parents[1] / "bench" / "grpo_throughput.py"
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("grpo_throughput", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("grpo_throughput")
 
 
 def test_spine_and_hf_tokenizers_agree_on_ids_and_text(bench):
