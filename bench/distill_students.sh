@@ -1,0 +1,38 @@
+#!/bin/bash
+# Issue 13's student table on the CPU: three students with a quarter of the teacher's parameters (d=64 x 4,
+# 225K), each first pretrained on the teacher's corpus, then trained on 1,000 training problems three ways:
+# the task's worked solutions (plain SFT), the teacher's correct sampled traces (trace-SFT), and the worked
+# solutions with the teacher's logits (KD). Teacher: a ladder run's GRPO model and its traces.
+#   bash bench/distill_students.sh runs/ladder/cpu/seed0 runs/students-seed0
+#   PRETRAIN_STEPS=2400 bash bench/distill_students.sh runs/ladder/cpu/seed0 runs/students-seed0-2400
+set -eu
+LADDER=${1:-runs/ladder/cpu/seed0}; OUT=${2:-runs/students}; SEED=${SEED:-0}
+STEPS=${PRETRAIN_STEPS:-600}  # 2400 = the teacher's pretraining compute (a quarter of the FLOPs per step)
+TEACHER=$LADDER/grpo/spine/final; TRACES=$LADDER/student/teacher-traces.jsonl
+STUDENT='{"d_model": 64, "n_layer": 4, "n_head": 4, "context_length": 128}'
+PROBLEMS="task:chain:levels=1-6,n=1000,seed=11,split=train"
+HELD="task:chain:levels=5-6,n=400,seed=7,split=eval"
+THREADS='--trainer.callbacks+={"class_path": "callbacks.TorchThreads", "init_args": {"num_threads": 1}}'
+ckpt() { echo "--trainer.callbacks+={\"class_path\": \"callbacks.SpineCheckpoint\", \"init_args\": {\"dirpath\": \"$1\", \"on_save\": false}}"; }
+fit() { local name=$1; shift; /usr/bin/time -f "$name %e s wall %U s user" -a -o "$OUT/times.txt" \
+  spine fit "$@" --seed_everything "$SEED" --trainer.default_root_dir "$OUT/$name" --trainer.logger false \
+  --trainer.enable_checkpointing false --trainer.callbacks '[]' "$THREADS" "$(ckpt "$OUT/$name/spine")" > "$OUT/$name.log" 2>&1; }
+ev() { OMP_NUM_THREADS=1 spine eval --checkpoint "$2" --problems "$HELD" --template synthetic \
+  --sampling.max_new_tokens 80 --batch_size 64 --device cpu --traces "$OUT/eval-$1.jsonl" > "$OUT/eval-$1.log" 2>&1; }
+mkdir -p "$OUT"
+fit pretrain --config configs/substrate-cpu.yaml --model.init_args.model_overrides "$STUDENT" \
+  --trainer.max_steps "$STEPS" --trainer.val_check_interval "$STEPS"
+INIT="$OUT/pretrain/spine/final"
+common=(--config configs/trace-sft.yaml --model.init_args.init_from "$INIT" --model.init_args.export_dir null
+        --trainer.max_epochs 3)
+fit sft "${common[@]}" --data.init_args.traces null --data.init_args.problems "$PROBLEMS" &
+fit trace-sft "${common[@]}" --data.init_args.traces "[\"$TRACES\"]" --data.init_args.problems null &
+wait
+fit kd --config configs/distill-kd.yaml --model.init_args.teacher "$TEACHER" --model.init_args.init_from "$INIT" \
+  --model.init_args.model_overrides "$STUDENT" --model.init_args.export_dir null --trainer.max_epochs 3 \
+  --data.init_args.traces null --data.init_args.problems "$PROBLEMS"
+ev teacher "$TEACHER" & ev pretrain "$INIT" & wait
+ev sft "$OUT/sft/spine/final" & ev trace-sft "$OUT/trace-sft/spine/final" & wait
+ev kd "$OUT/kd/spine/final"
+grep -H "^| all\|level=6 |" "$OUT"/eval-*.log
+cat "$OUT/times.txt"
