@@ -378,6 +378,16 @@ def test_extends_chain_resolves_each_file_relative_to_itself(tmp_path):
     assert plan["vars"]["device"] == "cpu" and plan["size"] == "gpu" and "student" in plan["models"]
 
 
+def test_ladder_outside_the_repo_root_is_one_line(tmp_path, monkeypatch, capsys):
+    from spine.commands import main
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: every stage would be skipped as "not landed"
+    assert main(["ladder", "--size", "tiny", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run it from the repository root" in err
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- the shrunken ladder, end to end
 
 def _in_process(argv: list[str], log: Path) -> int:
