@@ -285,7 +285,7 @@ class FakeSpine:
     def __init__(self):
         self.calls: list[list[str]] = []
 
-    def __call__(self, argv: list[str], log: Path) -> int:
+    def __call__(self, argv: list[str], log: Path, env: dict | None = None) -> int:
         self.calls.append(argv)
         log.write_text(" ".join(argv))
         if "--fail" in argv:
@@ -390,7 +390,7 @@ def test_ladder_outside_the_repo_root_is_one_line(tmp_path, monkeypatch, capsys)
 
 # ----------------------------------------------------------------------------- the shrunken ladder, end to end
 
-def _in_process(argv: list[str], log: Path) -> int:
+def _in_process(argv: list[str], log: Path, env: dict | None = None) -> int:
     import sys
 
     sys.path.insert(0, str(REPO / "tests" / "support"))
@@ -452,3 +452,84 @@ def test_shrunken_ladder_end_to_end(tmp_path, monkeypatch):
     measured = [r for r in m["rungs"] if r["status"] == "ok"]
     assert measured and rep.row("pretrain-greedy").params == json.loads((run / "pretrain/ledger.json").read_text())["parameters"]
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+PARALLEL_PLAN = """
+size: test
+jobs: {jobs}
+env: {{SPINE_NUM_THREADS: 1}}
+vars: {{}}
+models:
+  a:
+    checkpoint: a/ck
+    steps: [[fit, --out, "{{model_dir}}/ck"]]
+  b:
+    checkpoint: b/ck
+    steps: [[fit, --out, "{{model_dir}}/ck"]]
+  c:
+    parent: a
+    checkpoint: c/ck
+    steps: [[fit, --init, "{{ckpt:parent}}", --out, "{{model_dir}}/ck"]]
+  d:
+    checkpoint: d/ck
+    steps: [[fit, --teacher, "{{ckpt:b}}", --out, "{{model_dir}}/ck"]]
+rungs:
+  - {{name: a-greedy, model: a, argv: [eval, "{{ckpt:a}}", --traces, "{{traces}}"]}}
+  - {{name: d-greedy, model: d, argv: [eval, "{{ckpt:d}}", --traces, "{{traces}}"]}}
+"""
+
+
+class TimedSpine(FakeSpine):
+    """FakeSpine that takes a little time per command and records when each ran, by model folder."""
+
+    def __init__(self):
+        super().__init__()
+        self.spans: dict[str, tuple[float, float]] = {}
+        self.envs: list[dict] = []
+
+    def __call__(self, argv, log, env=None):
+        import threading
+        import time
+
+        t0 = time.perf_counter()
+        time.sleep(0.2)
+        with threading.Lock():
+            self.envs.append(dict(env or {}))
+        code = super().__call__(argv, log, env)
+        key = Path(argv[argv.index("--out") + 1]).parent.name if "--out" in argv else Path(argv[-1]).stem
+        self.spans[key] = (t0, time.perf_counter())
+        return code
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_runner_runs_independent_models_side_by_side(tmp_path, jobs):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(PARALLEL_PLAN.format(jobs=jobs))
+    fake = TimedSpine()
+    m = run_ladder(load_plan(plan_file), seed=0, out=tmp_path / "run", execute=fake, repo=REPO, log=lambda s: None)
+    assert all(v["status"] == "ok" for v in m["models"].values())
+    assert all(r["status"] == "ok" for r in m["rungs"])
+    s = fake.spans
+    overlap = lambda x, y: s[x][0] < s[y][1] and s[y][0] < s[x][1]  # noqa: E731
+    # a model never starts before the models it reads have finished (parent, {ckpt:...})
+    assert s["c"][0] >= s["a"][1] and s["d"][0] >= s["b"][1] and s["a-greedy"][0] >= s["a"][1]
+    if jobs == 1:  # the plan's order, one at a time
+        order = sorted(s, key=lambda k: s[k][0])
+        assert order == ["a", "a-greedy", "b", "c", "d", "d-greedy"]
+        assert not any(overlap(x, y) for x in s for y in s if x < y)
+    else:
+        assert overlap("a", "b")  # independent models ran side by side
+    assert fake.envs and all(e == {"SPINE_NUM_THREADS": "1"} for e in fake.envs)
+    assert m["jobs"] == jobs and m["env"] == {"SPINE_NUM_THREADS": "1"}
+    logs = [st["log"] for st in m["steps"]]
+    assert len(set(logs)) == len(logs) == 6  # every command its own log, even when they run at once
+
+
+def test_runner_refuses_a_dependency_loop_and_bad_jobs(tmp_path):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(PARALLEL_PLAN.format(jobs=2).replace("  a:\n", "  a:\n    parent: c\n"))
+    with pytest.raises(ValueError, match="models read each other in a loop: a -> c -> a"):
+        load_plan(plan_file)
+    plan_file.write_text(PARALLEL_PLAN.format(jobs=0))
+    with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
+        load_plan(plan_file)

@@ -4,8 +4,8 @@ The runner has no stage logic: a plan (YAML, `configs/ladder/*.yaml`) lists the 
 one or more `spine` commands, usually `spine fit`) and the rungs (each one `spine eval` of a model
 with one pipeline), with `{...}` placeholders. The runner fills the placeholders, skips what cannot
 run yet (a missing config or module, an unregistered pipeline, a skipped or failed parent) with a
-note, runs every command in order (each in its own process by default, logging to `logs/`), times
-it, and keeps `ladder.json` (see `spine.reasoning.ladder`) up to date after every step, so a killed
+note, runs every command in order (each in its own process by default, logging to `logs/`; `jobs`
+commands at once when the plan allows, each as soon as the models it reads exist), times it, and keeps `ladder.json` (see `spine.reasoning.ladder`) up to date after every step, so a killed
 run leaves a readable manifest and a rerun with the same plan and seed resumes after the last step
 that finished.
 
@@ -17,6 +17,11 @@ Plan keys:
              [first available, ...], teacher: name, requires: [...]}}
     rungs: [{name, model, method, argv: [spine argv...], requires: [...]}]
     targets: [{name, rung, baseline, min_gain | max_gain | min_ratio}]
+    jobs: how many commands may run at once (default 1). A model starts once every model it reads
+          (parents, teacher, `{ckpt:...}`) has finished, a rung once its model has; among the ready
+          ones the first in plan order goes first, so `jobs: 1` runs the plan's order exactly
+    env: {NAME: value} added to every command's environment (e.g. SPINE_NUM_THREADS: 1, so a run's
+         numbers do not depend on the machine's core count or on what runs beside it)
 
 Placeholders: `{run}` the run folder, `{seed}`, `{ckpt:MODEL}` that model's checkpoint, `{ckpt:parent}`
 the model's resolved parent, `{parent}` its name, `{traces}` the rung's trace file, `{model_dir}` the
@@ -34,9 +39,11 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 import yaml
@@ -45,8 +52,8 @@ from .ladder import FORMAT, MANIFEST
 
 __all__ = ["load_plan", "run_ladder", "subprocess_executor", "Executor"]
 
-# argv (without the leading `spine`), log file -> exit code
-Executor = Callable[[list[str], Path], int]
+# argv (without the leading `spine`), log file, extra environment variables -> exit code
+Executor = Callable[[list[str], Path, dict[str, str]], int]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z0-9_.-]+))?\}")
 _BUILTIN = {"run", "seed", "ckpt", "traces", "model_dir", "parent"}
@@ -91,6 +98,12 @@ def _check_plan(plan: dict, where: Path) -> None:
         raise ValueError(f"{where}: 'models' must be a non-empty mapping of model name -> steps")
     if not isinstance(rungs, list):
         raise ValueError(f"{where}: 'rungs' must be a list")
+    jobs = plan.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"{where}: jobs must be a positive integer, got {jobs!r}")
+    env = plan.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in env.values()):
+        raise ValueError(f"{where}: env must map variable names to strings or integers, got {env!r}")
     known_vars = set(plan["vars"])
     if known_vars & _BUILTIN:
         raise ValueError(f"{where}: vars may not be named {', '.join(sorted(known_vars & _BUILTIN))} (built-in placeholders)")
@@ -125,12 +138,21 @@ def _check_plan(plan: dict, where: Path) -> None:
             raise ValueError(f"{where}: rung name {r['name']!r} appears twice")
         names.add(r["name"])
         _check_argv(r.get("argv"), f"rungs[{i}].argv", where, known_vars, models)
+    for name in models:
+        _check_model_loop(plan, name, (), where)
     for i, t in enumerate(plan.get("targets") or []):
         if not isinstance(t, dict) or not ({"min_gain", "max_gain", "min_ratio"} & set(t)):
             raise ValueError(f"{where}: targets[{i}] needs rung, baseline and one of min_gain/max_gain/min_ratio")
         for key in ("rung", "baseline"):
             if _PLACEHOLDER.sub("", str(t.get(key))) not in names and not _PLACEHOLDER.search(str(t.get(key))):
                 raise ValueError(f"{where}: targets[{i}].{key} {t.get(key)!r} is not a rung of the plan")
+
+
+def _check_model_loop(plan: dict, name: str, path: tuple[str, ...], where: Path) -> None:
+    if name in path:
+        raise ValueError(f"{where}: models read each other in a loop: {' -> '.join(path + (name,))}")
+    for dep in sorted(_unit_deps(plan, ("model", name))):
+        _check_model_loop(plan, dep, path + (name,), where)
 
 
 def _check_var_cycle(vars_: dict, name: str, path: tuple[str, ...], where: Path) -> None:
@@ -176,12 +198,14 @@ def _available(req: str, repo: Path) -> str | None:
     raise ValueError(f"unknown requirement {req!r} (use file:PATH, pipeline:NAME or command:NAME)")
 
 
-def subprocess_executor(argv: list[str], log: Path) -> int:
-    """Run `spine ARGV` as its own process (`python -m modules.cli`), output to `log`."""
+def subprocess_executor(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Run `spine ARGV` as its own process (`python -m modules.cli`), output to `log`, with `env` added
+    to this process's environment."""
     with open(log, "w", encoding="utf-8") as fh:
         fh.write("$ spine " + " ".join(argv) + "\n")
         fh.flush()
-        return subprocess.call([sys.executable, "-m", "modules.cli", *argv], stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.call([sys.executable, "-m", "modules.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
 
 
 def _write_manifest(run: Path, manifest: dict) -> None:
@@ -216,6 +240,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
 
     # a var is a string, or a list of strings spliced in place of an argv item that is only its placeholder
     vars_ = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in plan["vars"].items()}
+    env = {str(k): str(v) for k, v in (plan.get("env") or {}).items()}
     models: dict[str, dict] = {}
     for name, m in plan["models"].items():
         models[name] = {"stage": m.get("stage", name), "parent": None, "teacher": m.get("teacher"),
@@ -230,6 +255,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         "budget_seconds": plan.get("budget_seconds"), "targets": [], "models": models, "rungs": rungs,
         "steps": [], "host": {"platform": platform.platform(), "python": platform.python_version(),
                               "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS")},
+        "jobs": int(plan.get("jobs") or 1), "env": env,
         "started": previous.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "vars": vars_,
     }
@@ -263,40 +289,43 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
                 out.append(_PLACEHOLDER.sub(sub, str(a)))
         return out
 
-    state = {"resuming": True}
+    lock = threading.Lock()
+    counter = {"logs": 0}
+    reran: set[str] = set()  # models any of whose steps ran in this call (their dependents run again too)
 
-    def step(sid: str, argv: list[str], outputs: Path | None) -> tuple[int, float, str]:
-        logrel = f"logs/{len(manifest['steps']):02d}-{sid}.log"
+    def step(sid: str, argv: list[str], outputs: Path | None, resumable: bool) -> tuple[int, float, str, bool]:
         if argv[0] == "fit":  # every fit reports its tokens and time the same way
             ledger = {"class_path": "callbacks.ledger.TrainingLedger",
                       "init_args": {"path": str(run / sid.split(".")[0] / "ledger.json")}}
             argv = [*argv, "--trainer.callbacks+=" + json.dumps(ledger)]
-        # resume = continue after the last step that finished: once one step runs again, every later
-        # step does too (it may read what that step rewrites)
-        if state["resuming"] and sid in done and done[sid]["argv"] == argv:
-            rec = dict(done[sid], resumed=True)
-            manifest["steps"].append(rec)
-            log(f"[ladder] {sid}: done in an earlier run ({rec['seconds']:.1f} s), skipped")
-            return 0, float(rec["seconds"]), rec["log"]
-        state["resuming"] = False
-        if outputs is not None and outputs.exists():  # an earlier attempt's output: kept aside, never mixed in or deleted
-            stale = run / "stale" / f"{outputs.name}.{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
-            stale.parent.mkdir(exist_ok=True)
-            os.replace(outputs, stale)
-            log(f"[ladder] {sid}: moved the earlier {outputs.relative_to(run)} to {stale.relative_to(run)}")
-        log(f"[ladder] {sid}: spine {' '.join(argv)}")
+        with lock:
+            logrel = f"logs/{counter['logs']:02d}-{sid}.log"
+            counter["logs"] += 1
+            # resume = skip a step that finished with the same command line, unless something it reads
+            # (an earlier step of its model, a model it starts from) ran again in this call
+            if resumable and sid in done and done[sid]["argv"] == argv:
+                rec = dict(done[sid], resumed=True)
+                manifest["steps"].append(rec)
+                log(f"[ladder] {sid}: done in an earlier run ({rec['seconds']:.1f} s), skipped")
+                return 0, float(rec["seconds"]), rec["log"], True
+            if outputs is not None and outputs.exists():  # an earlier attempt's output: kept aside, never mixed in or deleted
+                stale = run / "stale" / f"{outputs.name}.{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+                stale.parent.mkdir(exist_ok=True)
+                os.replace(outputs, stale)
+                log(f"[ladder] {sid}: moved the earlier {outputs.relative_to(run)} to {stale.relative_to(run)}")
+            log(f"[ladder] {sid}: spine {' '.join(argv)}")
         t0 = time.perf_counter()
-        rc = int(execute(argv, run / logrel))
+        rc = int(execute(argv, run / logrel, env))
         dt = time.perf_counter() - t0
-        manifest["steps"].append({"id": sid, "argv": argv, "rc": rc, "seconds": round(dt, 3), "log": logrel})
-        manifest["wall_seconds"] = round(prior_wall + time.perf_counter() - t_start, 3)
-        _write_manifest(run, manifest)
-        log(f"[ladder] {sid}: exit {rc} after {dt:.1f} s")
-        return rc, dt, logrel
+        with lock:
+            manifest["steps"].append({"id": sid, "argv": argv, "rc": rc, "seconds": round(dt, 3), "log": logrel})
+            manifest["wall_seconds"] = round(prior_wall + time.perf_counter() - t_start, 3)
+            _write_manifest(run, manifest)
+            log(f"[ladder] {sid}: exit {rc} after {dt:.1f} s")
+        return rc, dt, logrel, False
 
-    _write_manifest(run, manifest)
-    for name, spec in plan["models"].items():
-        rec = models[name]
+    def run_model(name: str) -> None:
+        spec, rec = plan["models"][name], models[name]
         why = None
         options = _parents(spec)
         if options:
@@ -314,10 +343,15 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
             rec["status"], rec["note"] = "skipped", why
             log(f"[ladder] model {name}: not run: {why}")
         else:
-            total = 0.0
+            total, resumable = 0.0, not (deps[("model", name)] & reran)
             for i, argv in enumerate(spec["steps"]):
                 # a model's first step that runs again starts from an empty model folder
-                rc, dt, logrel = step(f"{name}.{i}" if i else name, fill(argv, name), run / name if i == 0 else None)
+                rc, dt, logrel, resumed = step(f"{name}.{i}" if i else name, fill(argv, name),
+                                               run / name if i == 0 else None, resumable)
+                if not resumed:
+                    resumable = False
+                    with lock:
+                        reran.add(name)
                 total += dt
                 if rc != 0:
                     rec["status"], rec["note"] = "failed", f"step {i} exited {rc} (see {logrel})"
@@ -329,27 +363,57 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
                 else:
                     rec["status"], rec["note"] = "failed", f"no checkpoint at {rec['checkpoint']} after its steps"
             rec["seconds"] = round(total, 3)
-        _write_manifest(run, manifest)
-        for r_spec, r in zip(plan["rungs"], rungs):
-            if r_spec["model"] != name:
-                continue
-            why = None if rec["status"] == "ok" else f"model {name} {rec['status']}: {rec['note']}"
-            for req in r_spec.get("requires") or []:
-                why = why or _available(_fill(str(req), vars_), repo)
-            if why:
-                r["status"], r["note"] = "skipped", why
-                log(f"[ladder] rung {r['name']}: not run: {why}")
-                continue
-            traces = f"eval/{r['name']}.jsonl"
-            (run / "eval").mkdir(exist_ok=True)
-            rc, dt, logrel = step(r["name"], fill(r_spec["argv"], name, str(run / traces)), run / traces)
-            r["seconds"] = round(dt, 3)
-            if rc == 0 and (run / traces).is_file():
-                r["status"], r["traces"] = "ok", [traces]
-            else:
-                r["status"], r["note"] = "failed", f"exited {rc}" + ("" if (run / traces).is_file() else ", no traces") \
-                    + f" (see {logrel})"
+        with lock:
             _write_manifest(run, manifest)
+
+    def run_rung(i: int) -> None:
+        r_spec, r = plan["rungs"][i], rungs[i]
+        name = r_spec["model"]
+        rec = models[name]
+        why = None if rec["status"] == "ok" else f"model {name} {rec['status']}: {rec['note']}"
+        for req in r_spec.get("requires") or []:
+            why = why or _available(_fill(str(req), vars_), repo)
+        if why:
+            r["status"], r["note"] = "skipped", why
+            log(f"[ladder] rung {r['name']}: not run: {why}")
+            return
+        traces = f"eval/{r['name']}.jsonl"
+        (run / "eval").mkdir(exist_ok=True)
+        rc, dt, logrel, _ = step(r["name"], fill(r_spec["argv"], name, str(run / traces)), run / traces,
+                                 not (deps[("rung", i)] & reran))
+        r["seconds"] = round(dt, 3)
+        if rc == 0 and (run / traces).is_file():
+            r["status"], r["traces"] = "ok", [traces]
+        else:
+            r["status"], r["note"] = "failed", f"exited {rc}" + ("" if (run / traces).is_file() else ", no traces") \
+                + f" (see {logrel})"
+        with lock:
+            _write_manifest(run, manifest)
+
+    # units in plan order (a model, then its rungs); each starts once the models it reads are finished,
+    # at most `jobs` at a time, the first ready one first -- with jobs: 1 exactly the plan's order
+    units: list[tuple[str, Any]] = []
+    for name in plan["models"]:
+        units.append(("model", name))
+        units += [("rung", i) for i, r in enumerate(plan["rungs"]) if r["model"] == name]
+    deps = {u: _unit_deps(plan, u) for u in units}
+    _write_manifest(run, manifest)
+    finished: set[str] = set()
+    pending, running = list(units), {}
+    jobs = int(plan.get("jobs") or 1)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for u in [u for u in pending if deps[u] <= finished][:jobs - len(running)]:
+                pending.remove(u)
+                running[pool.submit(run_model if u[0] == "model" else run_rung, u[1])] = u
+            if not running:
+                raise ValueError("ladder plan: nothing left can start: "
+                                 + ", ".join(u[1] if u[0] == "model" else plan["rungs"][u[1]]["name"] for u in pending))
+            for fut in wait(running, return_when=FIRST_COMPLETED).done:
+                u = running.pop(fut)
+                fut.result()  # a runner bug surfaces here; a failing command only marks its model or rung
+                if u[0] == "model":
+                    finished.add(u[1])
     resolve = {f"parent:{n}": models[n]["parent"] or "" for n in models}
     manifest["targets"] = [{k: (_PLACEHOLDER.sub(lambda m: resolve.get(f"{m.group(1)}:{m.group(2)}", m.group(0)), v)
                                 if isinstance(v, str) else v) for k, v in t.items()}
@@ -358,6 +422,22 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _write_manifest(run, manifest)
     return manifest
+
+
+def _unit_deps(plan: dict, unit: tuple[str, Any]) -> set[str]:
+    """The models a unit (("model", name) or ("rung", index)) reads: its model or parents, its teacher,
+    and every `{ckpt:NAME}` of its command lines."""
+    kind, key = unit
+    spec = plan["models"][key] if kind == "model" else plan["rungs"][key]
+    argvs = spec["steps"] if kind == "model" else [spec["argv"]]
+    out = set(_parents(spec)) if kind == "model" else {spec["model"]}
+    if kind == "model" and spec.get("teacher") not in (None, "parent"):
+        out.add(spec["teacher"])
+    for argv in argvs:
+        for a in argv:
+            out |= {m.group(2) for m in _PLACEHOLDER.finditer(str(a)) if m.group(1) == "ckpt" and m.group(2) != "parent"}
+    out.discard(key if kind == "model" else None)
+    return out
 
 
 def _fill(text: str, vars_: dict[str, Any]) -> str:
