@@ -21,9 +21,11 @@ for s in 0 1 2; do
       /usr/bin/time -f "$arm seed $s: %e s wall, %U s user" -o "$out/$arm-seed$s.time" \
         env OMP_NUM_THREADS=1 spine fit --config configs/grpo-quick.yaml --seed_everything "$s" \
         --model.init_args.sampling.seed "$s" --data.init_args.seed "$s" \
-        --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" "${extra[@]}" \
-        > "$out/$arm-seed$s.log" 2>&1
-      OMP_NUM_THREADS=1 spine consolidate "$dir"/logs/version_0/checkpoints/last.ckpt "$dir/final" > /dev/null 2>&1
+        --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
+        --trainer.logger.init_args.version run "${extra[@]}" > "$out/$arm-seed$s.log" 2>&1
+      # a fixed logger version: a rerun into the same OUT_DIR must not evaluate an older run's model
+      OMP_NUM_THREADS=1 spine consolidate "$dir"/logs/run/checkpoints/last.ckpt "$dir/final" --overwrite true \
+        > "$out/$arm-seed$s.consolidate.log" 2>&1
       fresh "$arm-seed$s" "$dir/final"
     ) &
   done

@@ -20,21 +20,22 @@ for S in ${STEPS:-plan}; do
          --set "student_pretrain_args=[--trainer.max_steps, \"$((4 * S))\", --trainer.val_check_interval, \"$((4 * S))\"]")
   fi
   runs+=("$RUN")
-  ( timeout $((LIMIT - SECONDS)) python3 -m modules.cli ladder --size gpu --seed "$SEED" --out "$RUN" "${SET[@]}" \
+  ( timeout $((LIMIT - SECONDS > 5 ? LIMIT - SECONDS : 5)) python3 -m modules.cli ladder --size gpu --seed "$SEED" --out "$RUN" "${SET[@]}" \
       > "$RUN.log" 2>&1; echo "$RUN: ladder rc=$?"
     python3 -m modules.cli ladder-report "$RUN" > /dev/null 2>&1 ) &   # a partial run still gets its report
 done
 PIPE_DIR=${runs[0]}-pipelines
 if [ "$PIPES" = 1 ]; then
   ( SFT=${runs[0]}/sft/spine/final
-    while [ ! -f "$SFT/manifest.json" ] && [ $SECONDS -lt "$LIMIT" ]; do sleep 3; done; sleep 3
-    timeout $((LIMIT - SECONDS)) bash bench/pipelines_table.sh "$SFT" "$PIPE_DIR" \
+    while [ ! -f "$SFT/manifest.json" ] && [ $SECONDS -lt $((LIMIT - 10)) ]; do sleep 3; done; sleep 3
+    left=$((LIMIT - SECONDS)); [ "$left" -gt 5 ] || exit 0   # `timeout 0` would mean no limit at all
+    timeout "$left" bash bench/pipelines_table.sh "$SFT" "$PIPE_DIR" \
       --problems "task:chain:levels=7-8,n=1000,seed=7,split=eval" --template synthetic \
       --sampling.max_new_tokens 96 --batch_size 512 --device cuda > "$PIPE_DIR.log" 2>&1 ) &
 fi
 wait   # everything stops by the same limit
 cat "$PIPE_DIR.log" 2>/dev/null
-cd /tmp && tar czf "$OUT/ladder-gpu.tgz" --exclude='*.safetensors' --exclude='*.ckpt' --exclude='*.pt' \
-  $(for r in "${runs[@]}"; do basename "$r"; basename "$r".log; done) $([ -d "$PIPE_DIR" ] && basename "$PIPE_DIR") \
-  && ls -la "$OUT"
+cd /tmp && tar czf "$OUT/ladder-gpu.tgz" --ignore-failed-read --exclude='*.safetensors' --exclude='*.ckpt' \
+  --exclude='*.pt' $(for r in "${runs[@]}" "$PIPE_DIR"; do for p in "$r" "$r.log"; do [ -e "$p" ] && basename "$p"; done; done)
+ls -la "$OUT"
 for r in "${runs[@]}"; do grep -E "^\| (pretrain|sft|grpo|student)[a-z-]*-greedy |^\| [a-z-]+-sc |^- \*\*" "$r/ladder.md" | cut -c1-220; done

@@ -45,7 +45,8 @@ def ladder(
         seeds: several seeds, e.g. [0,1,2]: one run each under OUT/seedS, then one report of their
             mean and range in OUT.
         out: run folder (default runs/ladder/SIZE-seedS, or runs/ladder/SIZE with several seeds). A
-            rerun with the same plan and seed resumes after the last finished step.
+            rerun with the same plan and seed resumes: finished steps are skipped unless something they
+            read ran again.
         set: override a plan var, NAME=VALUE (repeat the flag).
     """
     from .reasoning.ladder_render import write_report

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
+import time
 from pathlib import Path
 from statistics import NormalDist
 
@@ -326,8 +328,8 @@ def test_runner_fills_skips_fails_and_records(tmp_path):
     for name in rs:
         assert sum(line.startswith(f"| {name} |") for line in main_table(md)) == 1
     assert "not run: pipeline no-such-pipeline not available" in md
-    # a rerun of the same plan and seed resumes after the last finished step: the failed step runs again
-    # and so does everything after it; the earlier outputs it would overwrite are moved aside, not deleted
+    # a rerun of the same plan and seed resumes: the failed step runs again and so does everything that
+    # reads it (here: all later steps); the earlier outputs it would overwrite are moved aside, not deleted
     fake2 = FakeSpine()
     m2 = run_ladder(load_plan(plan_file), seed=3, out=run, execute=fake2, repo=REPO, log=lambda s: None)
     assert [c[:2] for c in fake2.calls] == [["fit", "--fail"], ["fit", "--teacher"], ["eval", str(run / "child/ck")]]
@@ -480,55 +482,123 @@ rungs:
 
 
 class TimedSpine(FakeSpine):
-    """FakeSpine that takes a little time per command and records when each ran, by model folder."""
+    """FakeSpine that records when each command ran (by model folder or trace name), fails a command whose
+    input checkpoint (--init/--teacher) does not exist yet, and makes `a` and `b` meet at a barrier: they
+    only get past it if they run at the same time."""
 
-    def __init__(self):
+    def __init__(self, meet: bool):
         super().__init__()
         self.spans: dict[str, tuple[float, float]] = {}
         self.envs: list[dict] = []
+        self.barrier = threading.Barrier(2, timeout=30) if meet else None
 
     def __call__(self, argv, log, env=None):
-        import threading
-        import time
-
         t0 = time.perf_counter()
-        time.sleep(0.2)
-        with threading.Lock():
-            self.envs.append(dict(env or {}))
-        code = super().__call__(argv, log, env)
+        self.envs.append(dict(env or {}))
         key = Path(argv[argv.index("--out") + 1]).parent.name if "--out" in argv else Path(argv[-1]).stem
+        for flag in ("--init", "--teacher"):
+            if flag in argv and not (Path(argv[argv.index(flag) + 1]) / "model.safetensors").is_file():
+                return 1
+        if self.barrier is not None and key in ("a", "b"):
+            self.barrier.wait()
+        time.sleep(0.05)
+        code = super().__call__(argv, log, env)
         self.spans[key] = (t0, time.perf_counter())
         return code
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("jobs", [1, 6])
 def test_runner_runs_independent_models_side_by_side(tmp_path, jobs):
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(PARALLEL_PLAN.format(jobs=jobs))
-    fake = TimedSpine()
+    fake = TimedSpine(meet=jobs > 1)  # with one job at a time a barrier would deadlock (and time out)
     m = run_ladder(load_plan(plan_file), seed=0, out=tmp_path / "run", execute=fake, repo=REPO, log=lambda s: None)
-    assert all(v["status"] == "ok" for v in m["models"].values())
+    # every command found its inputs: nothing started before the models it reads had finished
+    assert all(v["status"] == "ok" for v in m["models"].values()), m["models"]
     assert all(r["status"] == "ok" for r in m["rungs"])
     s = fake.spans
-    overlap = lambda x, y: s[x][0] < s[y][1] and s[y][0] < s[x][1]  # noqa: E731
-    # a model never starts before the models it reads have finished (parent, {ckpt:...})
     assert s["c"][0] >= s["a"][1] and s["d"][0] >= s["b"][1] and s["a-greedy"][0] >= s["a"][1]
     if jobs == 1:  # the plan's order, one at a time
-        order = sorted(s, key=lambda k: s[k][0])
-        assert order == ["a", "a-greedy", "b", "c", "d", "d-greedy"]
-        assert not any(overlap(x, y) for x in s for y in s if x < y)
-    else:
-        assert overlap("a", "b")  # independent models ran side by side
+        assert sorted(s, key=lambda k: s[k][0]) == ["a", "a-greedy", "b", "c", "d", "d-greedy"]
+        spans = sorted(s.values())
+        assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
+    # (jobs 6: a and b met at the barrier, so they ran side by side)
     assert fake.envs and all(e == {"SPINE_NUM_THREADS": "1"} for e in fake.envs)
     assert m["jobs"] == jobs and m["env"] == {"SPINE_NUM_THREADS": "1"}
     logs = [st["log"] for st in m["steps"]]
     assert len(set(logs)) == len(logs) == 6  # every command its own log, even when they run at once
 
 
+RESUME_PLAN = """
+size: test
+jobs: {jobs}
+vars: {{init: "{{ckpt:a}}"}}
+models:
+  a:
+    checkpoint: a/ck
+    steps: [[fit, --out, "{{model_dir}}/ck"], [fit, --fail-once, "{{model_dir}}/marker"]]
+  b:
+    checkpoint: b/ck
+    steps: [[fit, --init, "{{init}}", --out, "{{model_dir}}/ck"]]
+  free:
+    checkpoint: free/ck
+    steps: [[fit, --out, "{{model_dir}}/ck"]]
+rungs:
+  - {{name: b-greedy, model: b, argv: [eval, "{{ckpt:b}}", --traces, "{{traces}}"]}}
+  - {{name: free-greedy, model: free, argv: [eval, "{{ckpt:free}}", --traces, "{{traces}}"]}}
+"""
+
+
+class OnceSpine(TimedSpine):
+    """`--fail-once MARKER` fails until MARKER exists (it is written on the first, failing call)."""
+
+    def __call__(self, argv, log, env=None):
+        if "--fail-once" in argv:
+            self.calls.append(argv)
+            marker = Path(argv[argv.index("--fail-once") + 1])
+            if not marker.exists():
+                marker.write_text("x")
+                return 1
+            return 0
+        return super().__call__(argv, log, env)
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_runner_resumes_what_did_not_change_and_skips_what_cannot_run(tmp_path, jobs):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(RESUME_PLAN.format(jobs=jobs))
+    run = tmp_path / "run"
+    m = run_ladder(load_plan(plan_file), seed=0, out=run, execute=OnceSpine(False), repo=REPO, log=lambda s: None)
+    st = {k: (v["status"], v["note"]) for k, v in m["models"].items()}
+    assert st["a"][0] == "failed" and "step 1 exited 1" in st["a"][1]
+    # b reads a's checkpoint through a var: it waits for a, and a failed model keeps it from running
+    assert st["b"] == ("skipped", "needs a (failed)")
+    assert st["free"][0] == "ok"
+    rs = {r["name"]: r["status"] for r in m["rungs"]}
+    assert rs == {"b-greedy": "skipped", "free-greedy": "ok"}
+    # rerun: a's first step is kept (finished, same command), its failed second step runs again; b runs
+    # now; free and its rung read nothing that changed, so they are skipped as done
+    fake2 = OnceSpine(False)
+    m2 = run_ladder(load_plan(plan_file), seed=0, out=run, execute=fake2, repo=REPO, log=lambda s: None)
+    ran = sorted(c[1] if c[0] == "fit" else Path(c[1]).parent.name for c in fake2.calls)
+    assert ran == ["--fail-once", "--init", "b"], fake2.calls
+    assert all(v["status"] == "ok" for v in m2["models"].values())
+    resumed = {s["id"]: s.get("resumed", False) for s in m2["steps"]}
+    assert resumed["a"] and resumed["free"] and resumed["free-greedy"] and not resumed["a.1"] and not resumed["b"]
+
+
 def test_runner_refuses_a_dependency_loop_and_bad_jobs(tmp_path):
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(PARALLEL_PLAN.format(jobs=2).replace("  a:\n", "  a:\n    parent: c\n"))
     with pytest.raises(ValueError, match="models read each other in a loop: a -> c -> a"):
+        load_plan(plan_file)
+    plan_file.write_text(PARALLEL_PLAN.format(jobs=2).replace("  a:\n", "  a:\n    parent: a\n"))
+    with pytest.raises(ValueError, match="models.a names itself as its parent or teacher"):
+        load_plan(plan_file)
+    # a loop through a var is a loop too
+    plan_file.write_text(PARALLEL_PLAN.format(jobs=2).replace("vars: {}", 'vars: {via: "{ckpt:c}"}')
+                         .replace('[[fit, --out, "{model_dir}/ck"]]', '[[fit, --x, "{via}", --out, "{model_dir}/ck"]]', 1))
+    with pytest.raises(ValueError, match="loop: a -> c -> a"):
         load_plan(plan_file)
     plan_file.write_text(PARALLEL_PLAN.format(jobs=0))
     with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):

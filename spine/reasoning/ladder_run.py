@@ -3,11 +3,12 @@
 The runner has no stage logic: a plan (YAML, `configs/ladder/*.yaml`) lists the models (each made by
 one or more `spine` commands, usually `spine fit`) and the rungs (each one `spine eval` of a model
 with one pipeline), with `{...}` placeholders. The runner fills the placeholders, skips what cannot
-run yet (a missing config or module, an unregistered pipeline, a skipped or failed parent) with a
-note, runs every command in order (each in its own process by default, logging to `logs/`; `jobs`
-commands at once when the plan allows, each as soon as the models it reads exist), times it, and keeps `ladder.json` (see `spine.reasoning.ladder`) up to date after every step, so a killed
-run leaves a readable manifest and a rerun with the same plan and seed resumes after the last step
-that finished.
+run yet (a missing config or module, an unregistered pipeline, a skipped or failed model it reads)
+with a note, runs every command in order (each in its own process by default, logging to `logs/`;
+`jobs` commands at once when the plan allows, each as soon as the models it reads exist), times it,
+and keeps `ladder.json` (see `spine.reasoning.ladder`) up to date after every step, so a killed run
+leaves a readable manifest and a rerun with the same plan and seed resumes: a step that finished with
+the same command line is skipped unless something it reads ran again.
 
 Plan keys:
     extends: another plan file (same folder) whose keys this one overrides (`vars` merged by key)
@@ -122,6 +123,8 @@ def _check_plan(plan: dict, where: Path) -> None:
                 raise ValueError(f"{where}: models.{name}.parent {p!r} is not a model of the plan")
         if m.get("teacher") is not None and m["teacher"] not in models and m["teacher"] != "parent":
             raise ValueError(f"{where}: models.{name}.teacher {m['teacher']!r} is not a model of the plan")
+        if name in _parents(m) or m.get("teacher") == name:
+            raise ValueError(f"{where}: models.{name} names itself as its parent or teacher")
         for i, step in enumerate(m["steps"]):
             _check_argv(step, f"models.{name}.steps[{i}]", where, known_vars, models)
         for key in ("checkpoint",):
@@ -247,7 +250,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
                         "checkpoint": m["checkpoint"], "ledger": f"{name}/ledger.json", "status": "pending",
                         "note": "", "seconds": None, "control": bool(m.get("control", False))}
     rungs = [{"name": r["name"], "model": r["model"], "method": r.get("method", ""), "traces": [],
-              "status": "pending", "note": ""} for r in plan["rungs"]]
+              "status": "pending", "note": "", "seconds": None} for r in plan["rungs"]]
     manifest = {
         "format": FORMAT, "plan": plan_name, "plan_hash": phash, "size": plan.get("size"), "seed": seed,
         "device": plan.get("device", vars_.get("device")), "harder_level": plan.get("harder_level"),
@@ -324,6 +327,15 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
             log(f"[ladder] {sid}: exit {rc} after {dt:.1f} s")
         return rc, dt, logrel, False
 
+    def update(rec: dict, **values: Any) -> None:
+        with lock:  # another thread may be writing the manifest from these very dicts
+            rec.update(values)
+
+    def unavailable(unit: tuple[str, Any], besides: list[str]) -> str | None:
+        """Why a model the unit reads (other than its parent options) keeps it from running."""
+        bad = [d for d in sorted(deps[unit] - set(besides)) if models[d]["status"] != "ok"]
+        return ("needs " + "; ".join(f"{d} ({models[d]['status']})" for d in bad)) if bad else None
+
     def run_model(name: str) -> None:
         spec, rec = plan["models"][name], models[name]
         why = None
@@ -331,16 +343,17 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         if options:
             ok = [p for p in options if models[p]["status"] == "ok"]
             if ok:
-                rec["parent"] = ok[0]
+                update(rec, parent=ok[0])
             else:
                 why = "; ".join(f"{p} {models[p]['status']}" for p in options)
                 why = f"parent not available ({why})"
         if rec["teacher"] == "parent":
-            rec["teacher"] = rec["parent"]
+            update(rec, teacher=rec["parent"])
+        why = why or unavailable(("model", name), options)
         for req in spec.get("requires") or []:
             why = why or _available(_fill(str(req), vars_), repo)
         if why:
-            rec["status"], rec["note"] = "skipped", why
+            update(rec, status="skipped", note=why)
             log(f"[ladder] model {name}: not run: {why}")
         else:
             total, resumable = 0.0, not (deps[("model", name)] & reran)
@@ -354,15 +367,15 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
                         reran.add(name)
                 total += dt
                 if rc != 0:
-                    rec["status"], rec["note"] = "failed", f"step {i} exited {rc} (see {logrel})"
+                    update(rec, status="failed", note=f"step {i} exited {rc} (see {logrel})")
                     break
             else:
                 ck = run / rec["checkpoint"]
                 if (ck / "model.safetensors").is_file():
-                    rec["status"] = "ok"
+                    update(rec, status="ok")
                 else:
-                    rec["status"], rec["note"] = "failed", f"no checkpoint at {rec['checkpoint']} after its steps"
-            rec["seconds"] = round(total, 3)
+                    update(rec, status="failed", note=f"no checkpoint at {rec['checkpoint']} after its steps")
+            update(rec, seconds=round(total, 3))
         with lock:
             _write_manifest(run, manifest)
 
@@ -371,22 +384,23 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         name = r_spec["model"]
         rec = models[name]
         why = None if rec["status"] == "ok" else f"model {name} {rec['status']}: {rec['note']}"
+        why = why or unavailable(("rung", i), [name])
         for req in r_spec.get("requires") or []:
             why = why or _available(_fill(str(req), vars_), repo)
         if why:
-            r["status"], r["note"] = "skipped", why
+            update(r, status="skipped", note=why)
             log(f"[ladder] rung {r['name']}: not run: {why}")
             return
         traces = f"eval/{r['name']}.jsonl"
         (run / "eval").mkdir(exist_ok=True)
         rc, dt, logrel, _ = step(r["name"], fill(r_spec["argv"], name, str(run / traces)), run / traces,
                                  not (deps[("rung", i)] & reran))
-        r["seconds"] = round(dt, 3)
+        update(r, seconds=round(dt, 3))
         if rc == 0 and (run / traces).is_file():
-            r["status"], r["traces"] = "ok", [traces]
+            update(r, status="ok", traces=[traces])
         else:
-            r["status"], r["note"] = "failed", f"exited {rc}" + ("" if (run / traces).is_file() else ", no traces") \
-                + f" (see {logrel})"
+            update(r, status="failed", note=f"exited {rc}" + ("" if (run / traces).is_file() else ", no traces")
+                   + f" (see {logrel})")
         with lock:
             _write_manifest(run, manifest)
 
@@ -396,7 +410,19 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
     for name in plan["models"]:
         units.append(("model", name))
         units += [("rung", i) for i, r in enumerate(plan["rungs"]) if r["model"] == name]
-    deps = {u: _unit_deps(plan, u) for u in units}
+    deps = {u: _unit_deps(plan, u, vars_) for u in units}
+    errors: list[BaseException] = []
+
+    def guarded(unit: tuple[str, Any]) -> None:
+        """A runner error (not a failing command) marks its unit failed; the rest of the ladder still
+        runs, and the first such error is raised once the manifest is written."""
+        try:
+            (run_model if unit[0] == "model" else run_rung)(unit[1])
+        except Exception as e:  # noqa: BLE001 -- re-raised after the loop
+            rec = models[unit[1]] if unit[0] == "model" else rungs[unit[1]]
+            update(rec, status="failed", note=f"runner error: {e}")
+            with lock:
+                errors.append(e)
     _write_manifest(run, manifest)
     finished: set[str] = set()
     pending, running = list(units), {}
@@ -405,13 +431,12 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         while pending or running:
             for u in [u for u in pending if deps[u] <= finished][:jobs - len(running)]:
                 pending.remove(u)
-                running[pool.submit(run_model if u[0] == "model" else run_rung, u[1])] = u
+                running[pool.submit(guarded, u)] = u
             if not running:
                 raise ValueError("ladder plan: nothing left can start: "
                                  + ", ".join(u[1] if u[0] == "model" else plan["rungs"][u[1]]["name"] for u in pending))
             for fut in wait(running, return_when=FIRST_COMPLETED).done:
                 u = running.pop(fut)
-                fut.result()  # a runner bug surfaces here; a failing command only marks its model or rung
                 if u[0] == "model":
                     finished.add(u[1])
     resolve = {f"parent:{n}": models[n]["parent"] or "" for n in models}
@@ -421,23 +446,37 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
     manifest["wall_seconds"] = round(prior_wall + time.perf_counter() - t_start, 3)
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _write_manifest(run, manifest)
+    if errors:
+        raise errors[0]
     return manifest
 
 
-def _unit_deps(plan: dict, unit: tuple[str, Any]) -> set[str]:
+def _ckpt_refs(items: list, vars_: dict, seen: frozenset = frozenset()) -> set[str]:
+    """Every `{ckpt:NAME}` in `items`, through the vars they name (recursively)."""
+    out: set[str] = set()
+    for a in items:
+        for m in _PLACEHOLDER.finditer(str(a)):
+            if m.group(1) == "ckpt" and m.group(2) != "parent":
+                out.add(m.group(2))
+            elif m.group(2) is None and m.group(1) in vars_ and m.group(1) not in seen:
+                v = vars_[m.group(1)]
+                out |= _ckpt_refs(v if isinstance(v, list) else [v], vars_, seen | {m.group(1)})
+    return out
+
+
+def _unit_deps(plan: dict, unit: tuple[str, Any], vars_: dict | None = None) -> set[str]:
     """The models a unit (("model", name) or ("rung", index)) reads: its model or parents, its teacher,
-    and every `{ckpt:NAME}` of its command lines."""
+    and every `{ckpt:NAME}` of its command lines (through the vars they use)."""
     kind, key = unit
     spec = plan["models"][key] if kind == "model" else plan["rungs"][key]
     argvs = spec["steps"] if kind == "model" else [spec["argv"]]
     out = set(_parents(spec)) if kind == "model" else {spec["model"]}
     if kind == "model" and spec.get("teacher") not in (None, "parent"):
         out.add(spec["teacher"])
-    for argv in argvs:
-        for a in argv:
-            out |= {m.group(2) for m in _PLACEHOLDER.finditer(str(a)) if m.group(1) == "ckpt" and m.group(2) != "parent"}
-    out.discard(key if kind == "model" else None)
-    return out
+    refs = _ckpt_refs([a for argv in argvs for a in argv], plan["vars"] if vars_ is None else vars_)
+    if kind == "model":
+        refs.discard(key)  # a step may name its own checkpoint (written by an earlier step)
+    return out | refs
 
 
 def _fill(text: str, vars_: dict[str, Any]) -> str:
