@@ -189,13 +189,23 @@ def link_latest(log_dir: str | os.PathLike | None) -> Path | None:
 def _lightning_cli(args: list[str] | None) -> int:
     import lightning.pytorch as L
     from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     import datamodules  # noqa: F401  (registers the data modules: `--data.help PretrainDataModule`, help listings)
 
     from .base import SpineModule
 
     quiet_lightning()
+
+    class RunFolderConfig(SaveConfigCallback):
+        """The resolved config goes into the run's folder, never into the working directory: with no
+        logger and no `default_root_dir`, Lightning's log_dir is the cwd, where a user's own config.yaml
+        may live (and saving overwrites, so reruns into one run folder work)."""
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if os.path.abspath(trainer.log_dir or os.getcwd()) == os.path.abspath(os.getcwd()):
+                self.save_to_log_dir = False
+            super().setup(trainer, pl_module, stage)
 
     class SpineCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -229,6 +239,7 @@ def _lightning_cli(args: list[str] | None) -> int:
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=RunFolderConfig,
             save_config_kwargs={"overwrite": True},
             parser_class=_parser_class(),
             args=args,

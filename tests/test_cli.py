@@ -175,3 +175,25 @@ def test_latest_link_never_deletes_a_users_file_named_latest(tmp_path):
     (tmp_path / "latest").write_text("my notes")
     assert link_latest(tmp_path / "version_0") is None
     assert (tmp_path / "latest").read_text() == "my notes"
+
+
+def test_fit_never_writes_its_config_over_a_file_in_the_working_directory(capsys, tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from fit_runner import fit_yaml, synthetic_data, tiny_pretrain_model
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "config.yaml").write_text("mine: true\n")
+    cfg = tmp_path / "fit.yaml"
+    for root in (work, tmp_path / "run"):  # no run folder of its own (log_dir = cwd), then one
+        cfg.write_text(fit_yaml(root, tiny_pretrain_model(), synthetic_data(tmp_path / "cache"), logger=False,
+                                max_steps=1, limit_val_batches=0, enable_checkpointing=False,
+                                enable_progress_bar=False))
+        code, out, err = _run(capsys, ["fit", "--config", cfg])
+        assert code in (0, None), err[-2000:]
+    assert (work / "config.yaml").read_text() == "mine: true\n"
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "PretrainModule" in saved and "max_steps: 1" in saved  # a run folder still gets its config
