@@ -244,6 +244,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
     # a var is a string, or a list of strings spliced in place of an argv item that is only its placeholder
     vars_ = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in plan["vars"].items()}
     env = {str(k): str(v) for k, v in (plan.get("env") or {}).items()}
+    jobs = int(plan.get("jobs") or 1)
     models: dict[str, dict] = {}
     for name, m in plan["models"].items():
         models[name] = {"stage": m.get("stage", name), "parent": None, "teacher": m.get("teacher"),
@@ -258,7 +259,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         "budget_seconds": plan.get("budget_seconds"), "targets": [], "models": models, "rungs": rungs,
         "steps": [], "host": {"platform": platform.platform(), "python": platform.python_version(),
                               "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS")},
-        "jobs": int(plan.get("jobs") or 1), "env": env,
+        "jobs": jobs, "env": env,
         "started": previous.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "vars": vars_,
     }
@@ -423,10 +424,10 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
             update(rec, status="failed", note=f"runner error: {e}")
             with lock:
                 errors.append(e)
+
     _write_manifest(run, manifest)
     finished: set[str] = set()
     pending, running = list(units), {}
-    jobs = int(plan.get("jobs") or 1)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             for u in [u for u in pending if deps[u] <= finished][:jobs - len(running)]:
