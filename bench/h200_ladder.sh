@@ -34,6 +34,7 @@ if [ "$PIPES" = 1 ]; then
       --sampling.max_new_tokens 96 --batch_size 512 --device cuda > "$PIPE_DIR.log" 2>&1 ) &
 fi
 wait   # everything stops by the same limit
+pkill -f "modules.cli" 2>/dev/null   # a killed runner leaves its running command behind (a dedicated machine)
 cat "$PIPE_DIR.log" 2>/dev/null
 cd /tmp && tar czf "$OUT/ladder-gpu.tgz" --ignore-failed-read --exclude='*.safetensors' --exclude='*.ckpt' \
   --exclude='*.pt' $(for r in "${runs[@]}" "$PIPE_DIR"; do for p in "$r" "$r.log"; do [ -e "$p" ] && basename "$p"; done; done)

@@ -9,9 +9,12 @@ set -u
 CK=$1; OUTD=$2; shift 2
 mkdir -p "$OUTD"
 S=(--sampling.temperature "${T:-0.7}" --sampling.n "${N:-8}" --sampling.seed 0)
+# a `timeout` around this script stops the running eval too (bash defers a signal until a foreground child ends)
+trap 'kill $(jobs -p) 2>/dev/null; exit 143' TERM INT
 run() {  # name, then spine eval flags; one line of wall time per run
   local name=$1; shift; local t0=$SECONDS
-  python3 -m modules.cli eval --checkpoint "$CK" "$@" --traces "$OUTD/$name.jsonl" > "$OUTD/$name.log" 2>&1
+  python3 -m modules.cli eval --checkpoint "$CK" "$@" --traces "$OUTD/$name.jsonl" > "$OUTD/$name.log" 2>&1 &
+  wait $!
   echo "$name rc=$? wall $((SECONDS - t0)) s"
 }
 run greedy "$@"
