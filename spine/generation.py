@@ -79,6 +79,13 @@ def compiled_decode_step(model: GPT, temperature: float = 0.0, top_k: int | None
             return _select(logits[:, -1, :], row_seeds, step, vocab, temperature, top_k, top_p)
 
         mode = "reduce-overhead" if model.tok_emb.weight.is_cuda else None
+        # every (sampling setting, batch bucket) is one more graph of the one code object `step_fn`; dynamo's
+        # default limit (8 per code object) stops a fit with fullgraph=True once a ninth shape comes
+        cfg = torch._dynamo.config
+        if hasattr(cfg, "recompile_limit"):
+            cfg.recompile_limit = max(cfg.recompile_limit, 64)
+        else:  # torch < 2.6
+            cfg.cache_size_limit = max(cfg.cache_size_limit, 64)
         fn = torch.compile(step_fn, mode=mode, fullgraph=True, dynamic=False)
         cache[key] = fn
     return fn
@@ -141,6 +148,12 @@ def _use_pool_cache(model: GPT, batch: int, total: int, filled: int, pool: dict)
 
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
+
+
+# The compiled decode step compacts finished rows away in power-of-two buckets, never below this many rows:
+# each bucket is one more graph (and CUDA graph) to build, and a decode step of 16 rows costs what one of 2
+# does. From a batch of 512 that is at most 6 shapes per sampling setting.
+MIN_COMPILED_ROWS = 16
 
 
 # ---------------------------------------------------------------------------- the decode loop
@@ -363,7 +376,7 @@ def generate(
                     if compact and n_live <= b // 2:
                         keep = live
                         if fused is not None:  # bucket sizes: a handful of compiled shapes, not one per count
-                            size = _pow2(n_live)
+                            size = max(_pow2(n_live), MIN_COMPILED_ROWS)
                             if size < b:
                                 fill = (done.index_select(0, cur)).nonzero().flatten()[:size - n_live]
                                 keep = torch.cat([live, fill])

@@ -211,3 +211,34 @@ def test_finished_rows_padded_with_a_stop_id_keep_their_length():
     out = generate(model, prompts, max_new_tokens=12, stop_tokens=[[stop], [never], [never]], pad_id=stop,
                    sync_every=64, compact=False)  # the finished row stays in the batch to the end
     assert out.tokens == ref.tokens and out.finish_reasons == ref.finish_reasons == ["stop", "length", "length"]
+
+
+def test_compiled_decode_compacts_in_few_buckets(monkeypatch):
+    """The compiled step sees only power-of-two batches of at least MIN_COMPILED_ROWS rows as rows finish
+    (each batch size is one more graph; dynamo stops a fullgraph fit after 8), and compaction changes
+    no sample. torch.compile is the identity here: this checks the shapes the step is called with."""
+    from spine import generation
+
+    seen: list[int] = []
+
+    def no_compile(fn, **kw):
+        def counted(tok, *a):
+            seen.append(tok.shape[0])
+            return fn(tok, *a)
+        return counted
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    model = _flat()
+    model.__dict__.pop("_spine_decode_steps", None)
+    ids = _prompts(lengths=[4] * 64, seed=3)
+    # a sixth of the vocabulary ends a row: rows finish at scattered steps, down to a few live ones
+    kw = dict(max_new_tokens=32, temperature=1.0, seed=5, stop_tokens=list(range(0, V, 6)), sync_every=1)
+    comp = generate(model, ids, compile_decode=True, **kw)
+    eager = generate(model, ids, **kw)
+    assert comp.tokens == eager.tokens
+    lengths = sorted(len(t) for t in eager.tokens)
+    # (the premise: after step 20 only 1-4 rows are live, so unfloored buckets would reach 4 rows or fewer)
+    assert 1 <= sum(n > 20 for n in lengths) <= 4
+    assert seen[0] == 64 and min(seen) == generation.MIN_COMPILED_ROWS
+    assert set(seen) <= {64, 32, 16}
+    model.__dict__.pop("_spine_decode_steps", None)
