@@ -12,6 +12,8 @@ on GPU (fp32 on CPU), and completions of exactly N tokens (so the comparison tim
 - spine_compiled: the same with `compile_rollouts=True` (one compiled Engine for the fit: the CUDA-graph
   decode step; its compilation falls in the warm-up step). `--spine_compile` turns the `spine` variant
   into this one.
+- spine_bf16: spine_compiled decoding from a bf16 copy of the weights (`rollout_dtype: bf16`, refreshed
+  in place before each rollout, autocast off): what a decode-only engine reads, half the bytes.
 - TRL: `GRPOTrainer` with transformers `generate` (no vLLM), `min_new_tokens=N` so EOS is masked,
   gradient checkpointing off (TRL's default is on: `--trl_gradient_checkpointing` turns it back on),
   logging/saving/reporting off.
@@ -55,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spine.config import ModelConfig  # noqa: E402
 from spine.model import GPT  # noqa: E402
 
-VARIANTS = ("spine", "spine_compiled", "trl")
+VARIANTS = ("spine", "spine_compiled", "spine_bf16", "trl")
 
 
 # ---------------------------------------------------------------------------- shared inputs
@@ -124,9 +126,11 @@ def _sync(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------- spine
-def run_spine(args, cfg: ModelConfig, state: dict, prompts: list[list[int]], compile_rollouts: bool = False) -> dict:
+def run_spine(args, cfg: ModelConfig, state: dict, prompts: list[list[int]], compile_rollouts: bool = False,
+              rollout_dtype: str | None = None) -> dict:
     """Warmup + steps GRPO steps of `GRPOModule` through Lightning's Trainer; per-step seconds.
-    `compile_rollouts`: the module's compiled rollout engine (variant spine_compiled)."""
+    `compile_rollouts`: the module's compiled rollout engine (variant spine_compiled); `rollout_dtype`:
+    its decode copy of the weights (variant spine_bf16)."""
     import lightning.pytorch as L
 
     from datamodules.prompts import PromptDataModule
@@ -169,7 +173,7 @@ def run_spine(args, cfg: ModelConfig, state: dict, prompts: list[list[int]], com
         reward="format",  # replaced below by text_reward (the same function TRL gets)
         skip_zero_variance=False,  # TRL trains every group: so does this side
         rollout_batch_size=args.prompts * args.n, max_grad_norm=1.0, lr=1e-6, weight_decay=0.0,
-        scheduler="constant", compile_rollouts=compile_rollouts)
+        scheduler="constant", compile_rollouts=compile_rollouts, rollout_dtype=rollout_dtype)
     module.model.load_state_dict(state)
     module.tokenizer = tok
     module.reward_fn = lambda problem, text: text_reward(text)
@@ -355,7 +359,8 @@ def main() -> None:
             if v == "trl":
                 raw[v] = run_trl(args, cfg, Path(hf_dir) / "model", prompts)
             else:
-                raw[v] = run_spine(args, cfg, state, prompts, compile_rollouts=v == "spine_compiled")
+                raw[v] = run_spine(args, cfg, state, prompts, compile_rollouts=v != "spine",
+                                   rollout_dtype="bf16" if v == "spine_bf16" else None)
             if args.device.startswith("cuda"):
                 raw[v]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     rows = []
@@ -367,7 +372,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     by = {r["variant"]: r for r in rows}
     ratios = {s: {k: by["trl"][k] / by[s][k] for k in ("rollout_s", "update_s", "step_s")}
-              for s in ("spine", "spine_compiled") if s in by and "trl" in by}
+              for s in ("spine", "spine_compiled", "spine_bf16") if s in by and "trl" in by}
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -385,7 +390,8 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "device": device_name(args.device), "date": when,
                                               "versions": versions, "rows": rows, "trl_over_spine": ratios.get("spine"),
-                                              "trl_over_spine_compiled": ratios.get("spine_compiled")}, indent=2))
+                                              "trl_over_spine_compiled": ratios.get("spine_compiled"),
+                                              "trl_over_spine_bf16": ratios.get("spine_bf16")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ grpo)
   run grpo-qwen3 200 python3 bench/grpo_throughput.py --preset qwen3-0.6b --device cuda --steps 3 --warmup 1 --out "$OUT/grpo-qwen3-0.6b.json" ;;
 grpoc)  # eager and compiled rollouts beside TRL, GPT-2 124M only (fits a short call)
   run grpoc-gpt2 230 python3 bench/grpo_throughput.py --preset gpt2-124m --device cuda --steps 3 --warmup 1 --variants spine,spine_compiled,trl --out "$OUT/grpoc-gpt2-124m.json" ;;
+grpob)  # compiled rollouts from fp32 weights under autocast vs from a bf16 copy, beside TRL, both shapes
+  run grpob-gpt2 170 python3 bench/grpo_throughput.py --preset gpt2-124m --device cuda --steps 3 --warmup 1 --variants spine_compiled,spine_bf16,trl --out "$OUT/grpob-gpt2-124m.json"
+  run grpob-qwen3 230 python3 bench/grpo_throughput.py --preset qwen3-0.6b --device cuda --steps 3 --warmup 1 --variants spine_compiled,spine_bf16,trl --out "$OUT/grpob-qwen3-0.6b.json" ;;
 decode)
   run decode-nsamples 110 python3 bench/decode_nsamples.py --preset gpt2-124m --prompts 8 --n 16 --prompt_len 512 --new_tokens 256 --variants shared,replicated,hf --compile --profile --reps 3 --warmup 1
   run decode-b64 90 python3 bench/decode_throughput.py --model gpt2-124m --batches 64 --variants spine,hf --reps 3 --warmup 2 ;;

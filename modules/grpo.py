@@ -27,6 +27,8 @@ from spine.rl import (AGGREGATIONS, aggregate, group_advantages, logprobs_and_en
 from .base import SpineModule
 
 _OLD_LOGPROBS = ("rollout", "recompute")
+_ROLLOUT_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                   "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 
 
 def _int_at_least(name: str, value: Any, low: int) -> int:
@@ -58,6 +60,11 @@ class GRPOModule(SpineModule):
       `max_new_tokens` from the loss.
     Speed: `compile_rollouts` keeps one `Engine(compile=True)` for the whole fit, so the compiled decode
       step (a CUDA graph on GPU) and its KV-cache buffers are built once and reused by every rollout.
+      `rollout_dtype` ("bf16", "fp16", "fp32"; None: decode the trained weights under the step's
+      autocast) decodes from a copy of the weights in that dtype, refreshed in place before every
+      rollout, with autocast off: bf16 weights read half the bytes per decode step and skip autocast's
+      per-step casts. The rollout's log-probs then come from the copy (bf16 norms/softmax, not fp32
+      ones), a small mismatch against the update's forward; `old_logprobs: recompute` removes it.
     """
 
     def __init__(self, *args: Any, group_size: int = 8,
@@ -68,7 +75,8 @@ class GRPOModule(SpineModule):
                  format_weight: float = 0.0, format_only_when_correct: bool = False, random_reward: bool = False,
                  skip_zero_variance: bool = True, resample_budget: int = 0, mask_truncated: bool = False,
                  rollout_batch_size: int = 64, micro_batch_size: int | None = None, max_grad_norm: float | None = 1.0,
-                 max_skipped_steps: int = 50, compile_rollouts: bool = False, **kwargs: Any):
+                 max_skipped_steps: int = 50, compile_rollouts: bool = False,
+                 rollout_dtype: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
         self.model.train()
@@ -79,6 +87,9 @@ class GRPOModule(SpineModule):
         _int_at_least("max_skipped_steps", max_skipped_steps, 1)
         if not isinstance(compile_rollouts, bool):
             raise ValueError(f"GRPOModule: compile_rollouts must be true or false, got {compile_rollouts!r}")
+        if rollout_dtype is not None and rollout_dtype not in _ROLLOUT_DTYPES:
+            raise ValueError(f"GRPOModule: rollout_dtype must be null or one of {', '.join(_ROLLOUT_DTYPES)}, "
+                             f"got {rollout_dtype!r}")
         if micro_batch_size is not None:
             _int_at_least("micro_batch_size", micro_batch_size, 1)
         if loss_aggregation not in AGGREGATIONS:
@@ -112,6 +123,7 @@ class GRPOModule(SpineModule):
         self.skipped_in_a_row = 0
         self.last_metrics: dict[str, float] = {}
         self._engine: Engine | None = None  # the fit's one compiled engine (compile_rollouts), made lazily
+        self._decode_copy: list = []  # rollout_dtype's copy of the weights (outside the module tree, like _ref)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -143,19 +155,43 @@ class GRPOModule(SpineModule):
 
     def on_fit_end(self) -> None:
         self._engine = None  # frees the KV-cache pool; the compiled step stays cached on the model
+        self._decode_copy = []
+
+    @torch.no_grad()
+    def decode_model(self):
+        """The model rollouts decode with: the trained one, or (`rollout_dtype`) its copy in that dtype,
+        brought up to the current weights. The copy is made once and refreshed in place, so a compiled
+        engine's CUDA graph (which reads the parameters at fixed addresses) stays valid."""
+        name = self.hparams.rollout_dtype
+        if name is None:
+            return self.model
+        here = next(self.model.parameters()).device
+        if not self._decode_copy or next(self._decode_copy[0].parameters()).device != here:
+            c = copy.deepcopy(self.model)
+            # compiled decode steps cached on the model close over *it*: the copy must compile its own
+            c.__dict__.pop("_spine_decode_steps", None)
+            for p in c.parameters():
+                p.grad = None
+            self._decode_copy = [c.to(_ROLLOUT_DTYPES[name]).eval().requires_grad_(False)]
+        c = self._decode_copy[0]
+        for dst, src in zip(c.parameters(), self.model.parameters()):
+            dst.copy_(src)
+        return c
 
     def rollout_engine(self) -> Engine:
         """The engine a rollout decodes with: a fresh eager one, or (`compile_rollouts`) the fit's one
         compiled engine. Keeping it keeps its KV-cache buffers at fixed addresses, so the CUDA graph
         captured for the decode step replays every step instead of being re-recorded. The graph reads
         the parameters in place and the optimizer updates them in place, so it always sees the current
-        weights. It runs under whatever autocast the step runs under (torch.compile guards on the
-        autocast state), as the eager path does, so both decode at the same precision."""
+        weights. Without `rollout_dtype` it runs under whatever autocast the step runs under (torch.compile
+        guards on the autocast state), as the eager path does; with it, on `decode_model()`'s copy with
+        autocast off."""
+        model = self.decode_model()
         if not self.hparams.compile_rollouts:
-            return Engine(self.model, self.tokenizer, batch_size=self.hparams.rollout_batch_size)
+            return Engine(model, self.tokenizer, batch_size=self.hparams.rollout_batch_size)
         e = self._engine
-        if e is None or e.model is not self.model or e.tokenizer is not self.tokenizer:
-            self._engine = Engine(self.model, self.tokenizer, batch_size=self.hparams.rollout_batch_size,
+        if e is None or e.model is not model or e.tokenizer is not self.tokenizer:
+            self._engine = Engine(model, self.tokenizer, batch_size=self.hparams.rollout_batch_size,
                                   compile=True)
         return self._engine
 
@@ -169,7 +205,11 @@ class GRPOModule(SpineModule):
         params = dataclasses.replace(self.sampling, seed=sample_seed(self.sampling.seed, "rollout", self.rollouts))
         keys = [p.id if round_ == 0 else f"{p.id}#resample{round_}" for p in problems]
         t0 = time.perf_counter()
-        outs = engine.generate(list(prompts), params, keys=keys)
+        if self.hparams.rollout_dtype is None:
+            outs = engine.generate(list(prompts), params, keys=keys)
+        else:  # the copy already holds the dtype: autocast would only add casts
+            with torch.autocast(self.device.type, enabled=False):
+                outs = engine.generate(list(prompts), params, keys=keys)
         seconds = time.perf_counter() - t0
         prompt_ids = [engine.encode(t) for t in prompts]
         rows: dict[str, list] = {"problem": [], "prompt_ids": [], "token_ids": [], "logprobs": [], "text": [],

@@ -175,6 +175,7 @@ class _Recorded(GRPOModule):
     """GRPOModule keeping each rollout's engine and samples."""
 
     def rollout(self, *a, **k):
+        self.weights.append([p.detach().clone() for p in self.model.parameters()])
         out = super().rollout(*a, **k)
         self.seen.append((self.engine_used, out["token_ids"]))
         self.logprobs.append(out["logprobs"])
@@ -188,7 +189,7 @@ class _Recorded(GRPOModule):
 def _recorded(policy_dir, **kw) -> _Recorded:
     module = _Recorded(init_from=str(policy_dir), group_size=3, reward="rl_support.digit_count", lr=1e-3,
                        scheduler="constant", sampling=SamplingParams(temperature=1.0, max_new_tokens=6), **kw)
-    module.seen, module.logprobs = [], []
+    module.seen, module.logprobs, module.weights = [], [], []
     return module
 
 
@@ -254,6 +255,44 @@ def test_compiled_rollouts_follow_in_place_weight_updates(policy_dir):
     assert drawn[0] != drawn[1]  # (the premise: the new weights draw other samples from the same noise)
     assert counters["stats"]["unique_graphs"] == graphs > 0
     assert compiled.seen[0][0] is compiled.seen[1][0]
+
+
+def test_rollout_dtype_fp32_copy_follows_the_updates(policy_dir, tmp_path):
+    """rollout_dtype decodes from a copy of the weights refreshed before every rollout: in float32 the
+    copy is exact, so a 2-step fit draws the samples (and ends at the weights) of a fit without it."""
+    plain, copied = _recorded(policy_dir), _recorded(policy_dir, rollout_dtype="fp32")
+    _fit(plain, tmp_path / "plain")
+    _fit(copied, tmp_path / "copied")
+    (e1, s1), (e2, s2) = copied.seen
+    assert e1.model is e2.model and e1.model is not copied.model  # one copy, not the trained module
+    # (the premise: the first step updated the weights, so a stale copy would draw other samples)
+    assert any(not torch.equal(a, b) for a, b in zip(*copied.weights))
+    assert s1 != s2 and [s for _, s in plain.seen] == [s1, s2]
+    w_plain, w_copied = plain.model.state_dict(), copied.model.state_dict()
+    assert all(torch.equal(w_plain[k], w_copied[k]) for k in w_plain)
+    assert copied._decode_copy == []  # let go when the fit ends
+
+
+def test_rollout_dtype_bf16_copy_holds_the_current_weights_rounded(policy_dir):
+    with pytest.raises(ValueError, match="rollout_dtype must be null or one of bf16, .* got 'int8'"):
+        _module(policy_dir, rollout_dtype="int8")
+    module = _module(policy_dir, rollout_dtype="bf16")
+    module.model.__dict__["_spine_decode_steps"] = {"compiled for": "the fp32 model"}
+    first = module.decode_model()
+    assert "_spine_decode_steps" not in first.__dict__  # the copy compiles its own decode step
+    with torch.no_grad():  # an optimizer step changes the weights in place
+        for p in module.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    copy_ = module.decode_model()
+    assert copy_ is first
+    for dst, src in zip(copy_.parameters(), module.model.parameters()):
+        assert dst.dtype == torch.bfloat16 and not dst.requires_grad
+        assert torch.equal(dst, src.detach().to(torch.bfloat16))
+    problems = PromptDataModule(SOURCE, prompts_per_step=2)
+    problems.setup()
+    batch = next(iter(problems.train_dataloader()))
+    out = module.rollout(batch["problems"], batch["prompts"])
+    assert len(out["token_ids"]) == 2 * 3 and all(len(lp) == len(t) for lp, t in zip(out["logprobs"], out["token_ids"]))
 
 
 # ----------------------------------------------------------------------------- bad configs, one line
