@@ -3,6 +3,7 @@ by side (`jobs`) in dependency order, `env`, and bad plans refused in one line (
 a fake executor stands in)."""
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 import time
@@ -314,3 +315,40 @@ def test_runner_refuses_a_dependency_loop_and_bad_jobs(tmp_path):
     plan_file.write_text(PARALLEL_PLAN.format(jobs=0))
     with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
         load_plan(plan_file)
+
+
+CONFIG_PLAN = """
+size: test
+vars: {{cfg: "{cfg}"}}
+models:
+  a:
+    checkpoint: a/ck
+    steps: [[fit, --config, "{{cfg}}", --out, "{{model_dir}}/ck"]]
+  free:
+    checkpoint: free/ck
+    steps: [[fit, --out, "{{model_dir}}/ck"]]
+rungs:
+  - {{name: a-greedy, model: a, argv: [eval, "{{ckpt:a}}", --traces, "{{traces}}"]}}
+"""
+
+
+def test_resume_reruns_a_step_whose_config_file_changed(tmp_path):
+    """Same command line, edited `--config` file: the step and what reads its model run again; the
+    untouched model is kept."""
+    cfg = tmp_path / "stage.yaml"
+    cfg.write_text("lr: 1\n")
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(CONFIG_PLAN.format(cfg=cfg))
+    run = tmp_path / "run"
+    m1 = run_ladder(load_plan(plan_file), seed=0, out=run, execute=FakeSpine(), repo=REPO, log=lambda s: None)
+    assert next(s for s in m1["steps"] if s["id"] == "a")["configs"] == {str(cfg): hashlib.sha256(b"lr: 1\n").hexdigest()}
+    same = FakeSpine()
+    run_ladder(load_plan(plan_file), seed=0, out=run, execute=same, repo=REPO, log=lambda s: None)
+    assert same.calls == []  # nothing changed: everything resumed
+    cfg.write_text("lr: 2\n")
+    edited = FakeSpine()
+    m3 = run_ladder(load_plan(plan_file), seed=0, out=run, execute=edited, repo=REPO, log=lambda s: None)
+    assert sorted(c[0] for c in edited.calls) == ["eval", "fit"]
+    assert "--config" in next(c for c in edited.calls if c[0] == "fit")
+    resumed = {s["id"]: s.get("resumed", False) for s in m3["steps"]}
+    assert resumed == {"a": False, "a-greedy": False, "free": True}

@@ -8,7 +8,8 @@ with a note, runs every command in order (each in its own process by default, lo
 `jobs` commands at once when the plan allows, each as soon as the models it reads exist), times it,
 and keeps `ladder.json` (see `spine.reasoning.ladder`) up to date after every step, so a killed run
 leaves a readable manifest and a rerun with the same plan and seed resumes: a step that finished with
-the same command line is skipped unless something it reads ran again.
+the same command line and the same `--config` file contents is skipped unless something it reads ran
+again.
 
 Plan keys:
     extends: another plan file (same folder) whose keys this one overrides (`vars` merged by key)
@@ -211,6 +212,18 @@ def subprocess_executor(argv: list[str], log: Path, env: dict[str, str] | None =
                                env={**os.environ, **(env or {})})
 
 
+def _config_digests(argv: list[str], repo: Path) -> dict[str, str]:
+    """sha256 of each file a step takes its settings from (`--config FILE` or `--config=FILE`, relative to
+    `repo`, where the commands run): an edited config is a changed step, though its command line is the same."""
+    files = [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    out = {}
+    for value in files:
+        path = Path(value) if Path(value).is_absolute() else repo / value
+        out[value] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return out
+
+
 def _write_manifest(run: Path, manifest: dict) -> None:
     tmp = run / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -305,9 +318,10 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         with lock:
             logrel = f"logs/{counter['logs']:02d}-{sid}.log"
             counter["logs"] += 1
-            # resume = skip a step that finished with the same command line, unless something it reads
-            # (an earlier step of its model, a model it starts from) ran again in this call
-            if resumable and sid in done and done[sid]["argv"] == argv:
+            # resume = skip a step that finished with the same command line and config files, unless
+            # something it reads (an earlier step of its model, a model it starts from) ran again in this call
+            configs = _config_digests(argv, repo)
+            if resumable and sid in done and done[sid]["argv"] == argv and done[sid].get("configs", {}) == configs:
                 rec = dict(done[sid], resumed=True)
                 manifest["steps"].append(rec)
                 log(f"[ladder] {sid}: done in an earlier run ({rec['seconds']:.1f} s), skipped")
@@ -322,7 +336,8 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         rc = int(execute(argv, run / logrel, env))
         dt = time.perf_counter() - t0
         with lock:
-            manifest["steps"].append({"id": sid, "argv": argv, "rc": rc, "seconds": round(dt, 3), "log": logrel})
+            manifest["steps"].append({"id": sid, "argv": argv, "configs": configs, "rc": rc, "seconds": round(dt, 3),
+                                      "log": logrel})
             manifest["wall_seconds"] = round(prior_wall + time.perf_counter() - t_start, 3)
             _write_manifest(run, manifest)
             log(f"[ladder] {sid}: exit {rc} after {dt:.1f} s")
