@@ -5,6 +5,8 @@
 # solutions with the teacher's logits (KD). Teacher: a ladder run's GRPO model and its traces.
 #   bash bench/distill_students.sh runs/ladder/cpu/seed0 runs/students-seed0
 #   PRETRAIN_STEPS=2400 bash bench/distill_students.sh runs/ladder/cpu/seed0 runs/students-seed0-2400
+# LR=1e-4 sets the fine-tuning lr (default: the stage configs', 3e-3 / distill-kd.yaml's). A student already
+# pretrained in OUT/pretrain is reused, so one pretraining serves several fine-tuning settings.
 set -eu
 LADDER=${1:-runs/ladder/cpu/seed0}; OUT=${2:-runs/students}; SEED=${SEED:-0}
 STEPS=${PRETRAIN_STEPS:-600}  # 2400 = the teacher's pretraining compute (a quarter of the FLOPs per step)
@@ -20,17 +22,18 @@ fit() { local name=$1; shift; /usr/bin/time -f "$name %e s wall %U s user" -a -o
 ev() { OMP_NUM_THREADS=1 spine eval --checkpoint "$2" --problems "$HELD" --template synthetic \
   --sampling.max_new_tokens 80 --batch_size 64 --device cpu --traces "$OUT/eval-$1.jsonl" > "$OUT/eval-$1.log" 2>&1; }
 mkdir -p "$OUT"
-fit pretrain --config configs/substrate-cpu.yaml --model.init_args.model_overrides "$STUDENT" \
-  --trainer.max_steps "$STEPS" --trainer.val_check_interval "$STEPS"
 INIT="$OUT/pretrain/spine/final"
+[ -f "$INIT/manifest.json" ] || fit pretrain --config configs/substrate-cpu.yaml \
+  --model.init_args.model_overrides "$STUDENT" --trainer.max_steps "$STEPS" --trainer.val_check_interval "$STEPS"
+LRARG=(); [ -n "${LR:-}" ] && LRARG=(--model.init_args.lr "$LR")
 common=(--config configs/trace-sft.yaml --model.init_args.init_from "$INIT" --model.init_args.export_dir null
-        --trainer.max_epochs 3)
+        --trainer.max_epochs 3 "${LRARG[@]}")
 fit sft "${common[@]}" --data.init_args.traces null --data.init_args.problems "$PROBLEMS" &
 fit trace-sft "${common[@]}" --data.init_args.traces "[\"$TRACES\"]" --data.init_args.problems null &
 wait
 fit kd --config configs/distill-kd.yaml --model.init_args.teacher "$TEACHER" --model.init_args.init_from "$INIT" \
   --model.init_args.model_overrides "$STUDENT" --model.init_args.export_dir null --trainer.max_epochs 3 \
-  --data.init_args.traces null --data.init_args.problems "$PROBLEMS"
+  --data.init_args.traces null --data.init_args.problems "$PROBLEMS" "${LRARG[@]}"
 ev teacher "$TEACHER" & ev pretrain "$INIT" & wait
 ev sft "$OUT/sft/spine/final" & ev trace-sft "$OUT/trace-sft/spine/final" & wait
 ev kd "$OUT/kd/spine/final"
