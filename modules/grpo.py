@@ -11,6 +11,7 @@ rollout batch (by 0 when every group was skipped); `rl/rollouts` counts rollout 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -205,11 +206,10 @@ class GRPOModule(SpineModule):
         params = dataclasses.replace(self.sampling, seed=sample_seed(self.sampling.seed, "rollout", self.rollouts))
         keys = [p.id if round_ == 0 else f"{p.id}#resample{round_}" for p in problems]
         t0 = time.perf_counter()
-        if self.hparams.rollout_dtype is None:
+        # a rollout_dtype copy already holds its dtype: autocast would only add casts
+        no_autocast = self.hparams.rollout_dtype is not None
+        with torch.autocast(self.device.type, enabled=False) if no_autocast else contextlib.nullcontext():
             outs = engine.generate(list(prompts), params, keys=keys)
-        else:  # the copy already holds the dtype: autocast would only add casts
-            with torch.autocast(self.device.type, enabled=False):
-                outs = engine.generate(list(prompts), params, keys=keys)
         seconds = time.perf_counter() - t0
         prompt_ids = [engine.encode(t) for t in prompts]
         rows: dict[str, list] = {"problem": [], "prompt_ids": [], "token_ids": [], "logprobs": [], "text": [],

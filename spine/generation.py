@@ -152,7 +152,7 @@ def _pow2(n: int) -> int:
 
 # The compiled decode step compacts finished rows away in power-of-two buckets, never below this many rows:
 # each bucket is one more graph (and CUDA graph) to build, and a decode step of 16 rows costs what one of 2
-# does. From a batch of 512 that is at most 6 shapes per sampling setting.
+# does. From a batch of 512 that is at most 6 batch sizes per (sampling setting, cache length).
 MIN_COMPILED_ROWS = 16
 
 
