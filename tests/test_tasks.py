@@ -117,7 +117,7 @@ def test_chain_steps_recompute_and_dial():
 
 
 def _wrong(family: str, p: Problem) -> str:
-    if family in ("arith", "linear", "chain"):
+    if family in ("arith", "linear", "chain", "chainpaths"):
         return str(int(p.answer) + 1)
     if family == "sort":
         xs = sorted(p.metadata["numbers"])
@@ -268,3 +268,66 @@ def test_torch_threads_callback_pins_and_restores():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="num_threads must be an integer >= 1"):
             TorchThreads(num_threads=bad)
+
+
+def test_chainpaths_solutions_take_each_order_and_recompute():
+    paths = get_task("chainpaths")
+    assert paths.levels == get_task("chain").levels
+    seen = {"Left": 0, "Adds": 0, "Back": 0}
+    for lv in paths.levels:
+        for p in paths.generate(lv, 300, seed=lv, split="train"):
+            toks = re.findall(r"[+-]|\d+", p.metadata["canonical"])
+            terms = [("+", int(toks[0]))] + [(op, int(b)) for op, b in zip(toks[1::2], toks[2::2])]
+            tag, _, body = p.metadata["solution"].partition(": ")
+            seen[tag] += 1
+            lines = re.findall(r"(\d+)([+-])(\d+)=(\d+)\.", body)
+            assert len(lines) == lv and body.endswith(f"The answer is \\boxed{{{p.answer}}}.")
+            # every line is right, each starts from the previous result, none goes below zero
+            for i, (a, op, b, c) in enumerate(lines):
+                assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b)) and int(c) >= 0
+                assert i == 0 or a == lines[i - 1][3]
+            assert lines[-1][3] == p.answer
+            used = [("+", int(lines[0][0]))] + [(op, int(b)) for _, op, b, _ in lines]
+            adds = [t for t in terms if t[0] == "+"]
+            subs = [t for t in terms if t[0] == "-"]
+            want = {"Left": terms, "Adds": adds + subs, "Back": adds[::-1] + subs[::-1]}[tag]
+            assert used == want, (p.prompt, p.metadata["solution"])
+    # the order is drawn uniformly (each about a third), so sampling explores it at any temperature
+    assert all(0.28 < n / sum(seen.values()) < 0.39 for n in seen.values()), seen
+    # the longest level-6 problem and solution fit the substrate's 128-byte context with 84 new tokens
+    longest = max(len(p.metadata["solution"]) for p in paths.generate(6, 3000, seed=0, split="train"))
+    assert longest <= 84
+
+
+def test_chainpaths_holds_out_exactly_chains_eval_problems():
+    chain, paths = get_task("chain"), get_task("chainpaths")
+    held = {p.metadata["canonical"] for p in chain.generate(6, 400, seed=7, split="eval")}
+    train = [p.metadata["canonical"] for p in paths.generate(6, 4000, seed=0, split="train")]
+    assert not held & set(train)
+    assert all(paths.split_of(c) == "eval" for c in held)
+    # with its own family name in the hash, some held-out chain problems would be chainpaths training text
+    assert any(split_of_canonical("chainpaths", c) == "train" for c in held)
+
+
+def test_chainpaths_orders_bench_reads_what_each_sample_did(tmp_path):
+    """bench/chainpaths_orders.py: per tag, the share of samples, accuracy and whether the named order's
+    steps were written, on hand-made samples of one problem."""
+    from conftest import load_bench
+
+    from spine.traces import TraceRecord, TraceWriter
+    bench = load_bench("chainpaths_orders")
+    p = get_task("chain").generate(3, 1, seed=0, split="eval")[0]
+    from spine.reasoning.tasks.chainpaths import solve, terms_of
+    follow = "Adds: " + " ".join(solve(terms_of(p.metadata["canonical"]), "Adds")[0]) + f" The answer is \\boxed{{{p.answer}}}."
+    texts = [(follow, True), ("Back: 1+1=2. The answer is \\boxed{2}.", False), (f"Left: \\boxed{{{p.answer}}}", True)]
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, run_config={"x": 1}) as w:
+        for i, (text, ok) in enumerate(texts):
+            w.write(TraceRecord(run_id=w.run_id, config_hash=w.config_hash, checkpoint_sha256=None,
+                                problem_id=p.id, sample_index=i, prompt=p.prompt, completion=" " + text,
+                                extracted=None, extraction_method="task", gold=p.answer, correct=ok, rule="",
+                                tokens=1, seconds=0.0, metadata=dict(p.metadata)))
+    stats, distinct = bench.order_stats(str(path), level=3)
+    assert stats == {"Adds": (1, 1.0, 1.0), "Back": (1, 0.0, 0.0), "Left": (1, 1.0, 0.0)}
+    assert distinct == {3: 1}
+    assert bench.order_stats(str(path), level=4)[0] == {}

@@ -15,13 +15,15 @@ from spine.reasoning.problems import Problem
 
 from .arith import Arithmetic
 from .chain import Chain
+from .chainpaths import ChainPaths
 from .countdown import Countdown
 from .linear import Linear
 from .radix import Radix
 from .sorting import Sorting
 from .base import SPLITS, Task, VerifyResult, split_of_canonical
 
-TASKS: dict[str, Task] = {t.name: t for t in (Arithmetic(), Linear(), Countdown(), Sorting(), Radix(), Chain())}
+TASKS: dict[str, Task] = {t.name: t for t in (Arithmetic(), Linear(), Countdown(), Sorting(), Radix(), Chain(),
+                                           ChainPaths())}
 
 __all__ = ["TASKS", "SPLITS", "Task", "VerifyResult", "get_task", "verify", "split_of_canonical"]
 
