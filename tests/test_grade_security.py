@@ -1,6 +1,7 @@
 """Hostile answers: nothing is executed, every call returns a clean Verdict in time."""
 from __future__ import annotations
 
+import gc
 import importlib
 import re
 import time
@@ -113,14 +114,23 @@ def test_rules_for_guards():
 
 
 def test_cooperative_deadline_returns_timeout():
-    # A 400-element list against its reverse: ~80k symbolic comparisons, stopped by the clock.
+    # A 400-element list against its reverse: ~80k symbolic comparisons (14.9 s without a deadline on the
+    # 2-core dev machine), stopped by the clock. Once, in the full suite on a loaded machine, the call took
+    # 0.73 s: a pause outside the grader (most likely a collection over the heap earlier tests left), so
+    # the collector is paused for the call and the bound is 1.2 s, still far below the unbounded time:
+    # a deadline that does not stop the work fails.
     items = [f"{i}x+{i}" for i in range(1, 401)]
     a, b = ",".join(items), ",".join(reversed(items))
-    t0 = time.perf_counter()
-    v = grade(a, b, timeout_s=0.2, max_len=10_000)
-    elapsed = time.perf_counter() - t0
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        v = grade(a, b, timeout_s=0.2, max_len=10_000)
+        elapsed = time.perf_counter() - t0
+    finally:
+        gc.enable()
     assert v.rule == "timeout" and not v.correct
-    assert elapsed < 0.2 + MARGIN
+    assert elapsed < 0.2 + 2 * MARGIN
 
 
 FORBIDDEN = re.compile(r"(?<![\w.])(eval|exec|compile|sympify|parse_expr|__import__|os\.system|"
