@@ -27,6 +27,8 @@ grpoc)  # eager and compiled rollouts beside TRL, GPT-2 124M only (fits a short 
 grpob)  # compiled rollouts from fp32 weights under autocast vs from a bf16 copy, beside TRL, both shapes
   run grpob-gpt2 170 python3 bench/grpo_throughput.py --preset gpt2-124m --device cuda --steps 3 --warmup 1 --variants spine_compiled,spine_bf16,trl --out "$OUT/grpob-gpt2-124m.json"
   run grpob-qwen3 230 python3 bench/grpo_throughput.py --preset qwen3-0.6b --device cuda --steps 3 --warmup 1 --variants spine_compiled,spine_bf16,trl --out "$OUT/grpob-qwen3-0.6b.json" ;;
+grpobq)  # the Qwen3-0.6B shape alone: a bf16 copy for rollouts beside TRL (fits a short call)
+  run grpob-qwen3 300 python3 bench/grpo_throughput.py --preset qwen3-0.6b --device cuda --steps 3 --warmup 1 --variants spine_bf16,trl --out "$OUT/grpob-qwen3-0.6b.json" ;;
 decode)
   run decode-nsamples 110 python3 bench/decode_nsamples.py --preset gpt2-124m --prompts 8 --n 16 --prompt_len 512 --new_tokens 256 --variants shared,replicated,hf --compile --profile --reps 3 --warmup 1
   run decode-b64 90 python3 bench/decode_throughput.py --model gpt2-124m --batches 64 --variants spine,hf --reps 3 --warmup 2 ;;

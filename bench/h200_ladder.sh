@@ -1,6 +1,7 @@
 #!/bin/bash
 # The reasoning ladder, gpu size, in one device call (NVIDIA H200): carry `.whl` (../shared/tools/device-wheels).
-#   bash bench/h200_ladder.sh [seed] [limit_s] [pipelines: 1|0]
+#   bash bench/h200_ladder.sh [seed or seeds, e.g. 0 or 1,2] [limit_s] [pipelines: 1|0]
+# Several seeds run one ladder each, side by side (`spine ladder-report --seeds` folds their reports).
 # STEPS="300 425" runs one ladder per pretraining step count side by side on the one GPU (each the gpu
 # plan with that count; students pretrain 4x as many steps, the teacher's compute); the substrate's
 # length sits on a cliff, so this measures two candidates in the time of one. With pipelines=1, every
@@ -16,6 +17,7 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
 runs=()
+for SEED in ${SEED//,/ }; do
 for S in ${STEPS:-plan}; do
   if [ "$S" = plan ]; then RUN=/tmp/ladder-gpu-seed$SEED; SET=()
   else RUN=/tmp/ladder-gpu-s$S-seed$SEED
@@ -27,7 +29,7 @@ for S in ${STEPS:-plan}; do
   ( timeout $((LIMIT - SECONDS > 5 ? LIMIT - SECONDS : 5)) python3 -m modules.cli ladder --size gpu --seed "$SEED" --out "$RUN" "${SET[@]}" \
       > "$RUN.log" 2>&1; echo "$RUN: ladder rc=$?"
     python3 -m modules.cli ladder-report "$RUN" > /dev/null 2>&1 ) &   # a partial run still gets its report
-done
+done; done
 PIPE_DIR=${runs[0]}-pipelines; rm -rf "$PIPE_DIR" "$PIPE_DIR.log"
 if [ "$PIPES" = 1 ]; then
   ( SFT=${runs[0]}/sft/spine/final
