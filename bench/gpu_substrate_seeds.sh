@@ -1,11 +1,12 @@
 #!/bin/bash
-# Does the GPU substrate reproduce? configs/substrate-gpu.yaml -> SFT (the gpu ladder's settings) -> greedy on
+# Does the GPU substrate reproduce? configs/substrate-gpu.yaml -> a fixed 2-epoch SFT at lr 1e-4 (the gpu ladder's
+# SFT before it stopped at a level) -> greedy on
 # the ladder's held-out level 7-8 problems, for several runs side by side on one GPU, with Lightning's
 # `deterministic` mode on (CUBLAS_WORKSPACE_CONFIG set, deterministic kernels) or off. Run from the repo root
 # on the device machine with `.whl` carried (jsonargparse, datasets); writes OUT/substrate-seeds/*.
 #   bash bench/gpu_substrate_seeds.sh "det0a:0:true det0b:0:true det1:1:true det2:2:true"
 # Each entry is NAME:SEED:DETERMINISTIC (true, false or warn).
-set -u
+set -u -o pipefail
 OUT=${OUT:-/tmp/out}; R=/tmp/substrate-seeds; rm -rf "$R"; mkdir -p "$R" "$OUT/substrate-seeds"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD CUBLAS_WORKSPACE_CONFIG=:4096:8

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The reasoning ladder, gpu size, in one device call (NVIDIA H200): carry `.whl` (../shared/tools/device-wheels).
 #   bash bench/h200_ladder.sh [seed or seeds, e.g. 0 or 1,2] [limit_s] [pipelines: 1|0]
-# Several seeds run one ladder each, side by side (`spine ladder-report --seeds` folds their reports).
+# Several seeds run one ladder each, side by side (`spine ladder-report RUN_A RUN_B --out DIR` folds their reports).
 # STEPS="300 425" runs one ladder per pretraining step count side by side on the one GPU (each the gpu
 # plan with that count; students pretrain 4x as many steps, the teacher's compute); the substrate's
 # length sits on a cliff, so this measures two candidates in the time of one. With pipelines=1, every

@@ -279,6 +279,7 @@ def test_chainpaths_solutions_take_each_order_and_recompute():
             toks = re.findall(r"[+-]|\d+", p.metadata["canonical"])
             terms = [("+", int(toks[0]))] + [(op, int(b)) for op, b in zip(toks[1::2], toks[2::2])]
             tag, _, body = p.metadata["solution"].partition(": ")
+            assert p.metadata["order"] == tag
             seen[tag] += 1
             lines = re.findall(r"(\d+)([+-])(\d+)=(\d+)\.", body)
             assert len(lines) == lv and body.endswith(f"The answer is \\boxed{{{p.answer}}}.")
@@ -294,7 +295,8 @@ def test_chainpaths_solutions_take_each_order_and_recompute():
             assert used == want, (p.prompt, p.metadata["solution"])
     # the order is drawn uniformly (each about a third), so sampling explores it at any temperature
     assert all(0.28 < n / sum(seen.values()) < 0.39 for n in seen.values()), seen
-    # the longest level-6 problem and solution fit the substrate's 128-byte context with 84 new tokens
+    # the longest level-6 solution is 84 bytes (85 generated tokens with the space after "Answer:"), so a
+    # level-6 prompt (at most 40 bytes) and its solution fit the substrate's 128-token context
     longest = max(len(p.metadata["solution"]) for p in paths.generate(6, 3000, seed=0, split="train"))
     assert longest <= 84
 

@@ -9,12 +9,13 @@
 Why: on `chain` a greedy slip is the model's top choice at one step, so samples repeat it and voting
 cannot beat greedy (docs/tasks.md). Here the right answer is reached by paths that use different
 facts (other running values), so a fact a model gets wrong on one path is not visited on another; and
-because the training data draws the order uniformly, the model's first word is a near-uniform choice
-that sampling explores even at a low temperature, while each step's fact stays as sharp as greedy's.
+the training data draws the order uniformly, so that sampling can explore the first word even at a low
+temperature while each step's fact stays about as sharp as greedy's (the intent; what models learn:
+docs/tasks.md).
 "Adds" sums the start and every added term left to right, then subtracts the others; "Back" does both
 groups right to left. Both stay in 0-81 (the sum of the adds is at least the answer), every path has
-`level` steps, and the tags are short so that a level-6 problem and its longest solution (84 bytes;
-generate with max_new_tokens >= 84) fit a 128-token context.
+`level` steps, and the tags are short so that a level-6 problem and its longest solution (84 bytes,
+85 tokens with the space after "Answer:"; generate with max_new_tokens >= 85) fit a 128-token context.
 
 Problems are `chain`'s (same levels, same question text) and so is the train/eval split: a problem's
 split is decided by `chain`'s hash of the expression, so no held-out `chain` problem is ever a
