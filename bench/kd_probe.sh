@@ -2,34 +2,48 @@
 # Does logit KD from a strong teacher beat plain SFT at equal student compute? (issue 13's "beats the same
 # student trained on the task's own worked solutions", in the regime where the teacher knows more than the
 # student can learn alone in its budget.) CPU, one pinned thread per command; stages:
-#   teacher   the cpu ladder's pretrained 0.85M model (PRETRAINED=...) fine-tuned 6 epochs on 4,000 worked solutions
+#   teacher   the cpu substrate's pretrained 0.85M model (PRETRAINED) fine-tuned 6 epochs on 4,000 worked solutions
 #   plain     a quarter-size student (d=64 x 4) from scratch: prompt-masked SFT on N problems' worked solutions
 #   kd        the same student, data, steps and lr, loss 0.5 CE + 0.5 tau^2 KL(teacher || student), tau = 2
+#   traces    the teacher's greedy completions on the same N problems (trace-SFT keeps the correct ones)
+#   trace     the same student, epochs and lr, SFT on those traces instead of the worked solutions (duplicates kept,
+#             as the worked-solution corpus keeps the easy levels' repeated problems; the wrong ones dropped)
 # then greedy on the ladder's held-out level 5-6 chain problems.
-#   bash bench/kd_probe.sh teacher|plain|kd|eval   (OUT=runs/kd-probe, PRETRAINED, SEED=0, N=16000, EPOCHS=2)
+#   bash bench/kd_probe.sh teacher|plain|kd|traces|trace|eval   (OUT=runs/kd-probe, PRETRAINED, SEED=0, N=16000, EPOCHS=2)
 # Students land in OUT/plain-eEPOCHS and OUT/kd-eEPOCHS; eval reports the teacher and that EPOCHS's pair.
 set -eu
 OUT=${OUT:-runs/kd-probe}; SEED=${SEED:-0}; N=${N:-16000}; EPOCHS=${EPOCHS:-2}; SP=${SPINE:-spine}
-PRETRAINED=${PRETRAINED:-runs/ladder/cpu-2400/seed0/pretrain/spine/final}
+# the cpu substrate (`spine fit --config configs/substrate-cpu.yaml`: the cpu ladder's seed-0 pretraining; the
+# measured run used the ladder's own copy, runs/ladder/cpu-2400/seed0/pretrain/spine/final)
+PRETRAINED=${PRETRAINED:-runs/substrate-cpu/final}
 export SPINE_NUM_THREADS=1
 TH='--trainer.callbacks+={"class_path": "callbacks.TorchThreads", "init_args": {"num_threads": 1}}'
 ck() { echo '--trainer.callbacks+={"class_path": "callbacks.SpineCheckpoint", "init_args": {"dirpath": "'"$1"'", "on_save": false}}'; }
 COMMON=(--seed_everything "$SEED" --trainer.logger false --trainer.enable_checkpointing false --trainer.callbacks '[]' "$TH"
-        --data.init_args.traces null --model.init_args.export_dir null)
-STUDENT=(--model.init_args.model gpt2-tiny --model.init_args.model_overrides '{"d_model": 64, "n_layer": 4, "n_head": 4, "context_length": 128}'
-         --data.init_args.problems "task:chain:levels=1-6,n=$N,seed=21,split=train" --trainer.max_epochs "$EPOCHS")
+        --model.init_args.export_dir null)
+SHAPE=(--model.init_args.model gpt2-tiny --model.init_args.model_overrides '{"d_model": 64, "n_layer": 4, "n_head": 4, "context_length": 128}'
+       --trainer.max_epochs "$EPOCHS")
+SOLUTIONS=(--data.init_args.traces null --data.init_args.problems "task:chain:levels=1-6,n=$N,seed=21,split=train")
 mkdir -p "$OUT"
 case $1 in
-teacher) $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" --model.init_args.init_from "$PRETRAINED" \
+teacher) [ -e "$PRETRAINED/manifest.json" ] || { echo "kd_probe: no pretrained model at $PRETRAINED (make it with: spine fit --config configs/substrate-cpu.yaml, or set PRETRAINED)"; exit 2; }
+         $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" --data.init_args.traces null --model.init_args.init_from "$PRETRAINED" \
            --data.init_args.problems "task:chain:levels=1-6,n=4000,seed=1,split=train" --trainer.max_epochs 6 \
            --trainer.default_root_dir "$OUT/teacher" "$(ck "$OUT/teacher/spine")" > "$OUT/teacher.log" 2>&1 ;;
-plain)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${STUDENT[@]}" \
+plain)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${SHAPE[@]}" "${SOLUTIONS[@]}" \
            --trainer.default_root_dir "$OUT/plain-e$EPOCHS" "$(ck "$OUT/plain-e$EPOCHS/spine")" > "$OUT/plain-e$EPOCHS.log" 2>&1 ;;
-kd)      $SP fit --config configs/distill-kd.yaml "${COMMON[@]}" "${STUDENT[@]}" --model.init_args.teacher "$OUT/teacher/spine/final" \
+kd)      $SP fit --config configs/distill-kd.yaml "${COMMON[@]}" "${SHAPE[@]}" "${SOLUTIONS[@]}" --model.init_args.teacher "$OUT/teacher/spine/final" \
            --trainer.default_root_dir "$OUT/kd-e$EPOCHS" "$(ck "$OUT/kd-e$EPOCHS/spine")" > "$OUT/kd-e$EPOCHS.log" 2>&1 ;;
-eval)    for m in teacher plain-e$EPOCHS kd-e$EPOCHS; do
+traces)  $SP eval --checkpoint "$OUT/teacher/spine/final" --problems "task:chain:levels=1-6,n=$N,seed=21,split=train" \
+           --template synthetic --sampling.max_new_tokens 80 --batch_size 64 --device cpu --traces "$OUT/teacher-traces.jsonl" \
+           > "$OUT/traces.log" 2>&1 ;;
+trace)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${SHAPE[@]}" \
+           --data.init_args.problems null --data.init_args.traces "[\"$OUT/teacher-traces.jsonl\"]" --data.init_args.dedupe false \
+           --trainer.default_root_dir "$OUT/trace-e$EPOCHS" "$(ck "$OUT/trace-e$EPOCHS/spine")" > "$OUT/trace-e$EPOCHS.log" 2>&1 ;;
+eval)    for m in teacher plain-e$EPOCHS kd-e$EPOCHS trace-e$EPOCHS; do
+           [ -e "$OUT/$m/spine/final/manifest.json" ] || continue
            echo "== $m"; $SP eval --checkpoint "$OUT/$m/spine/final" --problems "task:chain:levels=5-6,n=400,seed=7,split=eval" \
              --template synthetic --sampling.max_new_tokens 80 --batch_size 64 --device cpu --traces "$OUT/$m-greedy.jsonl" | grep "level=\|all"
          done ;;
-*) echo "usage: bash bench/kd_probe.sh teacher|plain|kd|eval"; exit 2 ;;
+*) echo "usage: bash bench/kd_probe.sh teacher|plain|kd|traces|trace|eval"; exit 2 ;;
 esac
