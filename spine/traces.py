@@ -136,7 +136,9 @@ def read_traces(path: str | Path, *, dedupe: bool = True) -> tuple[dict, list[Tr
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"trace file not found: {p}")
-    lines = p.read_text(encoding="utf-8").splitlines()
+    # "\n" only: a record is one line, but the text it holds may contain U+0085 or U+2028, which
+    # json.dumps(ensure_ascii=False) leaves raw and str.splitlines() would split on (a byte model emits them)
+    lines = [line.rstrip("\r") for line in p.read_text(encoding="utf-8").split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

@@ -60,6 +60,24 @@ def test_write_read_roundtrip(tmp_path):
     assert got == records
 
 
+def test_text_with_unicode_line_separators_round_trips(tmp_path):
+    """json.dumps(ensure_ascii=False) leaves U+0085/U+2028/U+2029 raw; str.splitlines() splits on them.
+    A byte-level model's completion can hold any of them: the file must read back, and resume."""
+    path = tmp_path / "t.jsonl"
+    odd = "a\u2028b\x85c\u2029d\x1ce\x0bf\r\ng"
+    with TraceWriter(path, run_config=CONFIG, run_id="run-1") as w:
+        r0 = w.make_record(problem_id="p0", sample_index=0, prompt=odd, completion=odd, extracted=None,
+                           extraction_method=None, gold="1", correct=False, rule="none", tokens=3, seconds=0.1)
+        w.write(r0)
+    assert len(path.read_bytes().split(b"\n")) == 3  # header, record, final newline
+    header, got = read_traces(path)
+    assert got == [r0] and got[0].completion == odd
+    with TraceWriter(path, run_config=CONFIG, run_id="run-1") as w:  # resume reads the same file
+        assert w.done_ids() == {"p0"}
+        w.write(rec(w, "p1"))
+    assert [r.problem_id for r in read_traces(path)[1]] == ["p0", "p1"]
+
+
 def test_write_rejects_foreign_records(tmp_path):
     with TraceWriter(tmp_path / "t.jsonl", run_config=CONFIG) as w:
         with pytest.raises(ValueError, match="carries run"):

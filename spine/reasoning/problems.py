@@ -96,7 +96,7 @@ def _read_records(path: Path) -> list[dict]:
                 raise ProblemLoadError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if jsonl:
         records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit in a string
             if not line.strip():
                 continue
             try:

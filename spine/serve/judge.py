@@ -138,7 +138,7 @@ def load_responses(path: str | Path, *, response_field: str = "model_response", 
     text = p.read_text(encoding="utf-8")
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
+            json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028 in a reply
     except json.JSONDecodeError as e:
         raise ValueError(f"{p}: not a JSON list or JSONL file: {e.msg} (line {e.lineno})") from None
     items = []
