@@ -39,14 +39,19 @@ class ReasoningEval(L.Callback):
     every rank first gathers the full weights into a plain copy. Results are kept in `self.results`.
     A trace's run config records the global step (the weights are those of that step), so a fit
     resumed from a checkpoint re-evaluating the same step resumes the same file. Metrics go to
-    the loggers directly: `self.log` is not allowed in `on_fit_end`.
+    the loggers directly: `self.log` is not allowed in `on_fit_end`. With `name`, the metric is
+    `reasoning/<name>/<label>_acc` and the traces `<name>-<label>-step<step>.jsonl`, so two of these
+    callbacks in one fit (a stopping check and a held-out evaluation) keep apart.
     """
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
                  pipelines: list[dict[str, Any]] | None = None, template: str = "synthetic",
                  sampling: SamplingParams = SamplingParams(max_new_tokens=64, stop=("\nQuestion:",)),
                  batch_size: int = 64, every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
-                 limit: int | None = None, at_fit_start: bool = False):
+                 limit: int | None = None, at_fit_start: bool = False, name: str | None = None):
+        if name is not None and (not name or not all(c.isalnum() or c in "-_" for c in name)):
+            raise ValueError(f"ReasoningEval: name must be letters, digits, '-' or '_', got {name!r}")
+        self.name = name
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
         for spec in self.pipeline_specs:  # a typo in a pipeline should fail before training, not after
@@ -93,7 +98,8 @@ class ReasoningEval(L.Callback):
             spec = dict(spec)
             label = self._label(spec)
             pipeline = make_pipeline(spec.pop("name"), sampling=self.sampling, **spec)
-            path = out_dir / f"{label}-step{trainer.global_step}.jsonl"
+            stem = f"{self.name}-{label}" if self.name else label
+            path = out_dir / f"{stem}-step{trainer.global_step}.jsonl"
             extra = {"global_step": trainer.global_step}
             if world > 1:  # samples depend on problem ids only: any world size resumes the same file
                 s = evaluate_sharded(self._problems, engine, pipeline, rank=rank, world_size=world,
@@ -104,7 +110,7 @@ class ReasoningEval(L.Callback):
                              extra=extra).summary
             n_correct, n, tokens, seconds = s.n_correct, s.n, s.total_tokens, s.total_seconds
             acc = n_correct / max(n, 1)
-            key = f"reasoning/{label}_acc"
+            key = f"reasoning/{self.name}/{label}_acc" if self.name else f"reasoning/{label}_acc"
             # self.log is not allowed in on_fit_end: write to the loggers directly
             trainer.callback_metrics[key] = torch.tensor(acc)
             if trainer.is_global_zero:
@@ -115,7 +121,7 @@ class ReasoningEval(L.Callback):
                                  "trace": str(path)})
             if trainer.is_global_zero:
                 table = f"\n{format_summary(s)}"
-                emit(trainer, f"[reasoning eval @ step {trainer.global_step}] {label}: accuracy {acc:.3f} "
+                emit(trainer, f"[reasoning eval @ step {trainer.global_step}] {self.name + ' ' if self.name else ''}{label}: accuracy {acc:.3f} "
                                f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem{table}\n"
                                f"traces: {path}")
 

@@ -180,6 +180,41 @@ def test_reasoning_eval_callback_during_fit(tmp_path):
     assert callback.results[0]["accuracy"] == sum(r.correct for r in greedy) / 4
 
 
+def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
+    """A stopping check and a held-out evaluation in one fit: separate metrics and trace files, and
+    EarlyStopping on the check's metric ends the fit at the validation of the step the check ran."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    torch.manual_seed(0)
+    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=64, batch_size=4,
+                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
+    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=64, pad_id=dm.pad_id)
+    sampling = SamplingParams(max_new_tokens=4, stop=("\nQuestion:",))
+    check = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=3, sampling=sampling,
+                          every_n_steps=2, at_fit_end=False, name="check")
+    heldout = ReasoningEval(problems="synthetic:level=1,n=20,seed=7,split=eval", limit=2, sampling=sampling,
+                            name="heldout")
+    stop = EarlyStopping(monitor="reasoning/check/greedy_acc", mode="max", stopping_threshold=-1.0,
+                         patience=1000, check_on_train_epoch_end=False)
+    logger = CSVLogger(tmp_path, name="logs")
+    trainer = L.Trainer(max_steps=8, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=logger,
+                        val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=1,
+                        use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[check, heldout, stop])
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2 and trainer.should_stop
+    assert [(r["step"], r["n"]) for r in check.results] == [(2, 3)]
+    assert [(r["step"], r["n"]) for r in heldout.results] == [(2, 2)]
+    traces = Path(logger.log_dir) / "traces"
+    assert sorted(p.name for p in traces.iterdir()) == ["check-greedy-step2.jsonl", "heldout-greedy-step2.jsonl"]
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    logged = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("reasoning/")}
+    assert logged == {"reasoning/check/greedy_acc": check.results[0]["accuracy"],
+                      "reasoning/heldout/greedy_acc": heldout.results[0]["accuracy"]}
+    with pytest.raises(ValueError, match="name must be letters"):
+        ReasoningEval(name="a/b")
+
+
 def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeypatch):
     """`spine validate`'s module on a checkpoint saved without a tokenizer (named instead), twice."""
     traces = tmp_path / "v.jsonl"
