@@ -41,17 +41,22 @@ class ReasoningEval(L.Callback):
     resumed from a checkpoint re-evaluating the same step resumes the same file. Metrics go to
     the loggers directly: `self.log` is not allowed in `on_fit_end`. With `name`, the metric is
     `reasoning/<name>/<label>_acc` and the traces `<name>-<label>-step<step>.jsonl`, so two of these
-    callbacks in one fit (a stopping check and a held-out evaluation) keep apart.
+    callbacks in one fit (a stopping check and a held-out evaluation) keep apart. `start_step`: the
+    periodic evaluations begin at that step (a check that cannot pass before it costs nothing).
     """
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
                  pipelines: list[dict[str, Any]] | None = None, template: str = "synthetic",
                  sampling: SamplingParams = SamplingParams(max_new_tokens=64, stop=("\nQuestion:",)),
                  batch_size: int = 64, every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
-                 limit: int | None = None, at_fit_start: bool = False, name: str | None = None):
+                 limit: int | None = None, at_fit_start: bool = False, name: str | None = None,
+                 start_step: int = 0):
         if name is not None and (not name or not all(c.isalnum() or c in "-_" for c in name)):
             raise ValueError(f"ReasoningEval: name must be letters, digits, '-' or '_', got {name!r}")
         self.name = name
+        if start_step < 0:
+            raise ValueError(f"ReasoningEval: start_step must be >= 0, got {start_step}")
+        self.start_step = start_step
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
         for spec in self.pipeline_specs:  # a typo in a pipeline should fail before training, not after
@@ -134,7 +139,8 @@ class ReasoningEval(L.Callback):
             self._run(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.every_n_steps > 0 and trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step >= self.start_step and step % self.every_n_steps == 0:
             self._run(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module):

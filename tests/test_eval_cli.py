@@ -191,10 +191,10 @@ def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
     module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=64, pad_id=dm.pad_id)
     sampling = SamplingParams(max_new_tokens=4, stop=("\nQuestion:",))
     check = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=3, sampling=sampling,
-                          every_n_steps=2, at_fit_end=False, name="check")
+                          every_n_steps=2, at_fit_end=False, name="check", start_step=4)
     heldout = ReasoningEval(problems="synthetic:level=1,n=20,seed=7,split=eval", limit=2, sampling=sampling,
                             name="heldout")
-    stop = EarlyStopping(monitor="reasoning/check/greedy_acc", mode="max", stopping_threshold=-1.0,
+    stop = EarlyStopping(monitor="reasoning/check/greedy_acc", mode="max", stopping_threshold=-1.0, strict=False,
                          patience=1000, check_on_train_epoch_end=False)
     logger = CSVLogger(tmp_path, name="logs")
     trainer = L.Trainer(max_steps=8, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=logger,
@@ -202,17 +202,19 @@ def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
                         use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[check, heldout, stop])
     trainer.fit(module, datamodule=dm)
-    assert trainer.global_step == 2 and trainer.should_stop
-    assert [(r["step"], r["n"]) for r in check.results] == [(2, 3)]
-    assert [(r["step"], r["n"]) for r in heldout.results] == [(2, 2)]
+    assert trainer.global_step == 4 and trainer.should_stop  # no check at step 2 (start_step 4)
+    assert [(r["step"], r["n"]) for r in check.results] == [(4, 3)]
+    assert [(r["step"], r["n"]) for r in heldout.results] == [(4, 2)]
     traces = Path(logger.log_dir) / "traces"
-    assert sorted(p.name for p in traces.iterdir()) == ["check-greedy-step2.jsonl", "heldout-greedy-step2.jsonl"]
+    assert sorted(p.name for p in traces.iterdir()) == ["check-greedy-step4.jsonl", "heldout-greedy-step4.jsonl"]
     rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
     logged = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("reasoning/")}
     assert logged == {"reasoning/check/greedy_acc": check.results[0]["accuracy"],
                       "reasoning/heldout/greedy_acc": heldout.results[0]["accuracy"]}
     with pytest.raises(ValueError, match="name must be letters"):
         ReasoningEval(name="a/b")
+    with pytest.raises(ValueError, match="start_step must be >= 0"):
+        ReasoningEval(start_step=-1)
 
 
 def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeypatch):
