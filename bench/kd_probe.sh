@@ -10,9 +10,11 @@
 #             as the worked-solution corpus keeps the easy levels' repeated problems; the wrong ones dropped)
 # then greedy on the ladder's held-out level 5-6 chain problems.
 #   bash bench/kd_probe.sh teacher|plain|kd|traces|trace|eval   (OUT=runs/kd-probe, PRETRAINED, SEED=0, N=16000, EPOCHS=2)
+# Other student seeds reuse one teacher: OUT=runs/kd-probe-s1 SEED=1 TEACHER=runs/kd-probe/teacher/spine/final.
 # Students land in OUT/plain-eEPOCHS and OUT/kd-eEPOCHS; eval reports the teacher and that EPOCHS's pair.
 set -eu
 OUT=${OUT:-runs/kd-probe}; SEED=${SEED:-0}; N=${N:-16000}; EPOCHS=${EPOCHS:-2}; SP=${SPINE:-spine}
+TEACHER=${TEACHER:-$OUT/teacher/spine/final}
 # the cpu substrate (`spine fit --config configs/substrate-cpu.yaml`: the cpu ladder's seed-0 pretraining; the
 # measured run used the ladder's own copy, runs/ladder/cpu-2400/seed0/pretrain/spine/final)
 PRETRAINED=${PRETRAINED:-runs/substrate-cpu/final}
@@ -32,17 +34,18 @@ teacher) [ -e "$PRETRAINED/manifest.json" ] || { echo "kd_probe: no pretrained m
            --trainer.default_root_dir "$OUT/teacher" "$(ck "$OUT/teacher/spine")" > "$OUT/teacher.log" 2>&1 ;;
 plain)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${SHAPE[@]}" "${SOLUTIONS[@]}" \
            --trainer.default_root_dir "$OUT/plain-e$EPOCHS" "$(ck "$OUT/plain-e$EPOCHS/spine")" > "$OUT/plain-e$EPOCHS.log" 2>&1 ;;
-kd)      $SP fit --config configs/distill-kd.yaml "${COMMON[@]}" "${SHAPE[@]}" "${SOLUTIONS[@]}" --model.init_args.teacher "$OUT/teacher/spine/final" \
+kd)      $SP fit --config configs/distill-kd.yaml "${COMMON[@]}" "${SHAPE[@]}" "${SOLUTIONS[@]}" --model.init_args.teacher "$TEACHER" \
            --trainer.default_root_dir "$OUT/kd-e$EPOCHS" "$(ck "$OUT/kd-e$EPOCHS/spine")" > "$OUT/kd-e$EPOCHS.log" 2>&1 ;;
-traces)  $SP eval --checkpoint "$OUT/teacher/spine/final" --problems "task:chain:levels=1-6,n=$N,seed=21,split=train" \
+traces)  $SP eval --checkpoint "$TEACHER" --problems "task:chain:levels=1-6,n=$N,seed=21,split=train" \
            --template synthetic --sampling.max_new_tokens 80 --batch_size 64 --device cpu --traces "$OUT/teacher-traces.jsonl" \
            > "$OUT/traces.log" 2>&1 ;;
 trace)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${SHAPE[@]}" \
            --data.init_args.problems null --data.init_args.traces "[\"$OUT/teacher-traces.jsonl\"]" --data.init_args.dedupe false \
            --trainer.default_root_dir "$OUT/trace-e$EPOCHS" "$(ck "$OUT/trace-e$EPOCHS/spine")" > "$OUT/trace-e$EPOCHS.log" 2>&1 ;;
 eval)    for m in teacher plain-e$EPOCHS kd-e$EPOCHS trace-e$EPOCHS; do
-           [ -e "$OUT/$m/spine/final/manifest.json" ] || continue
-           echo "== $m"; $SP eval --checkpoint "$OUT/$m/spine/final" --problems "task:chain:levels=5-6,n=400,seed=7,split=eval" \
+           ck=$OUT/$m/spine/final; [ "$m" = teacher ] && ck=$TEACHER
+           [ -e "$ck/manifest.json" ] || continue
+           echo "== $m"; $SP eval --checkpoint "$ck" --problems "task:chain:levels=5-6,n=400,seed=7,split=eval" \
              --template synthetic --sampling.max_new_tokens 80 --batch_size 64 --device cpu --traces "$OUT/$m-greedy.jsonl" | grep "level=\|all"
          done ;;
 *) echo "usage: bash bench/kd_probe.sh teacher|plain|kd|traces|trace|eval"; exit 2 ;;
