@@ -42,7 +42,9 @@ class ReasoningEval(L.Callback):
     the loggers directly: `self.log` is not allowed in `on_fit_end`. With `name`, the metric is
     `reasoning/<name>/<label>_acc` and the traces `<name>-<label>-step<step>.jsonl`, so two of these
     callbacks in one fit (a stopping check and a held-out evaluation) keep apart. `start_step`: the
-    periodic evaluations begin at that step (a check that cannot pass before it costs nothing).
+    periodic evaluations run at the multiples of `every_n_steps` from that step on (a check that cannot
+    pass before it costs nothing); the runs at fit start and end ignore it. An `EarlyStopping` on such a
+    metric needs `strict: false`, since validations before the first evaluation do not have it.
     """
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
@@ -56,6 +58,9 @@ class ReasoningEval(L.Callback):
         self.name = name
         if start_step < 0:
             raise ValueError(f"ReasoningEval: start_step must be >= 0, got {start_step}")
+        if start_step and not every_n_steps:
+            raise ValueError(f"ReasoningEval: start_step {start_step} needs every_n_steps > 0 (it delays the "
+                             f"periodic evaluations only)")
         self.start_step = start_step
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
@@ -121,7 +126,8 @@ class ReasoningEval(L.Callback):
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics({key: acc}, step=trainer.global_step)
-            self.results.append({"step": trainer.global_step, "pipeline": label, "accuracy": acc, "n": int(n),
+            self.results.append({"step": trainer.global_step, "pipeline": label, "name": self.name,
+                                 "metric": key, "accuracy": acc, "n": int(n),
                                  "tokens_per_problem": tokens / max(n, 1), "seconds_per_problem": seconds / max(n, 1),
                                  "trace": str(path)})
             if trainer.is_global_zero:

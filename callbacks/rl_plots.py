@@ -56,12 +56,14 @@ class RLCurvePlot(L.Callback):
             if not isinstance(cb, ReasoningEval):
                 continue
             for r in cb.results:
-                tag = (int(r["step"]), r["pipeline"])
+                # a named eval's label carries its name, as its logged metric does (reasoning/<name>/<label>_acc)
+                label = f"{r['name']}/{r['pipeline']}" if r.get("name") else r["pipeline"]
+                tag = (int(r["step"]), label)
                 if tag in self._seen_evals:
                     continue
                 self._seen_evals.add(tag)
                 x = self.x_of_step.get(tag[0], 0.0)
-                self.history.setdefault(f"reasoning/{r['pipeline']}_acc", []).append((x, float(r["accuracy"])))
+                self.history.setdefault(f"reasoning/{label}_acc", []).append((x, float(r["accuracy"])))
 
     def state_dict(self):
         return {"history": {k: list(v) for k, v in self.history.items()},

@@ -215,6 +215,8 @@ def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
         ReasoningEval(name="a/b")
     with pytest.raises(ValueError, match="start_step must be >= 0"):
         ReasoningEval(start_step=-1)
+    with pytest.raises(ValueError, match="start_step 5 needs every_n_steps > 0"):
+        ReasoningEval(start_step=5)
 
 
 def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeypatch):

@@ -104,8 +104,11 @@ def test_groups_with_spread_train(policy_dir, tmp_path):
     before = _weights(module.model)
     held_out = ReasoningEval("synthetic:level=1,n=4,seed=7,split=eval", sampling=SamplingParams(max_new_tokens=4),
                              at_fit_start=True, every_n_steps=2, trace_dir=str(tmp_path / "traces"))
+    check = ReasoningEval("synthetic:level=1,n=4,seed=9,split=train", sampling=SamplingParams(max_new_tokens=4),
+                          every_n_steps=2, start_step=4, at_fit_end=False, name="check",
+                          trace_dir=str(tmp_path / "traces"))
     plot = RLCurvePlot(dirpath=str(tmp_path))
-    trainer = _fit(module, tmp_path, callbacks=[held_out, plot])
+    trainer = _fit(module, tmp_path, callbacks=[held_out, check, plot])
     m = module.last_metrics
     trained = int(m["rl/trained_completions"])
     assert trained == 3 * m["rl/groups_trained"] > 0
@@ -116,6 +119,9 @@ def test_groups_with_spread_train(policy_dir, tmp_path):
     # held-out accuracy before training (at_fit_start), after update 2 and at the end (step 4)
     assert [r["step"] for r in held_out.results] == [0, 2, 4]
     assert [x for x, _ in plot.history["reasoning/greedy_acc"]] == [0.0, 1.0, 2.0]  # at rollout batches
+    # a named eval at the same step is its own curve, under the key it logs (not merged into greedy's)
+    assert [r["step"] for r in check.results] == [4]
+    assert plot.history["reasoning/check/greedy_acc"] == [(2.0, check.results[0]["accuracy"])]
     assert (tmp_path / "rl_curves.png").stat().st_size > 0
     for key in ("rl/reward_mean", "rl/accuracy", "rl/entropy", "rl/clip_low_frac", "rl/clip_high_frac",
                 "rl/completion_len_max", "rl/truncated_frac", "rl/rollout_tokens_per_s", "rl/update_tokens_per_s"):
