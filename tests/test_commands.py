@@ -55,7 +55,7 @@ def test_generate_several_prompts_jsonl(capsys, byte_ckpt):
     code, out, err = _run(capsys, ["generate", "--checkpoint", byte_ckpt, "--prompt", prompts[0],
                                    f"--prompt={prompts[1]}", "--sampling.max_new_tokens", 5, "--output", "jsonl"])
     assert code == 0, err
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = [json.loads(line) for line in out.split("\n") if line]
     expected, texts = _expected(byte_ckpt, prompts, max_new_tokens=5)
     assert [r["prompt"] for r in rows] == prompts
     assert [r["tokens"] for r in rows] == expected
@@ -69,7 +69,7 @@ def test_generate_sampling_seeded_and_text_that_looks_like_yaml(capsys, byte_ckp
             "--sampling.seed", 11, "--output", "jsonl", "--device", "cpu"]
     a, b = _run(capsys, argv), _run(capsys, argv)
     assert a[0] == 0 and a[1] == b[1]
-    rows = [json.loads(line) for line in a[1].splitlines()]
+    rows = [json.loads(line) for line in a[1].split("\n") if line]
     assert [r["prompt"] for r in rows] == ["[1, 2]", "key: value"]  # prompts are text, never parsed
     expected, _ = _expected(byte_ckpt, ["[1, 2]", "key: value"], max_new_tokens=8, temperature=1.0, top_k=50, seed=11)
     assert [r["tokens"] for r in rows] == expected
@@ -81,7 +81,7 @@ def test_generate_from_yaml_config(capsys, tmp_path, byte_ckpt):
                    "output: jsonl\n")
     code, out, err = _run(capsys, ["generate", "--config", cfg, "--sampling.max_new_tokens", 4])
     assert code == 0, err
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = [json.loads(line) for line in out.split("\n") if line]
     assert [r["prompt"] for r in rows] == ["Hi", "Hi", "There", "There"] and [r["index"] for r in rows] == [0, 1] * 2
     assert all(len(r["tokens"]) == 4 for r in rows)  # the flag overrides the file; temperature and n stay
 

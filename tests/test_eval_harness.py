@@ -76,7 +76,7 @@ def test_accuracy_groups_and_wilson_interval(tmp_path):
 def test_trace_lines_are_samples_with_one_final_per_problem(tmp_path):
     path = tmp_path / "sc.jsonl"
     rep = evaluate(PROBLEMS, ScriptedEngine(SC), make_pipeline("sc", n=3), trace_path=path, source="hand-made")
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = [json.loads(line) for line in path.read_text().split("\n") if line]
     assert lines[0]["type"] == "header" and lines[0]["config"]["source"] == "hand-made"
     records = lines[1:]
     assert len(records) == 5 * 3

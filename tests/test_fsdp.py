@@ -120,7 +120,7 @@ def test_reasoning_eval_splits_problems_and_gathers_once(runs):
     _, root, probe = runs["fsdp"]
     traces = sorted((root / "logs" / "version_0" / "traces").iterdir())
     assert [p.name for p in traces] == [f"greedy-step{STEPS}.jsonl"]  # one file, written by rank 0 only
-    recs = [json.loads(line) for line in traces[0].read_text().splitlines()[1:]]
+    recs = [json.loads(line) for line in traces[0].read_text().split("\n")[1:] if line]
     ids = [r["problem_id"] for r in recs]
     assert len(ids) == len(set(ids)) == N_EVAL  # each problem exactly once
     correct = sum(r["correct"] for r in recs)

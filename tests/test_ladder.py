@@ -217,7 +217,7 @@ def _in_process(argv: list[str], log: Path, env: dict | None = None) -> int:
 
 def _independent(path: Path) -> dict:
     """Per level (and 'all'): (correct, problems); and tokens per problem — straight from the JSONL."""
-    recs = [json.loads(x) for x in path.read_text().splitlines()[1:] if x.strip()]
+    recs = [json.loads(x) for x in path.read_text().split("\n")[1:] if x.strip()]
     by_pid: dict[str, list[dict]] = {}
     for r in recs:
         by_pid.setdefault(r["problem_id"], []).append(r)

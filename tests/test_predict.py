@@ -40,7 +40,7 @@ def test_predict_writes_one_row_per_test_example(trained):
     assert code == 0, out
     files = sorted((root / "logs").glob("version_*/predictions.jsonl"))
     assert len(files) == 1
-    rows = [json.loads(line) for line in files[0].read_text().splitlines()]
+    rows = [json.loads(line) for line in files[0].read_text().split("\n") if line]
     from datamodules.classification import ClassificationDataModule
 
     dm = ClassificationDataModule(path=str(root / "data.tsv"), label_map={"ham": 0, "spam": 1}, tokenizer="byte")
@@ -63,7 +63,7 @@ def test_classify_one_line(trained, capsys):
     code = main(["classify", str(ckpt), "--text", texts[0], "--text", texts[1], "--text", texts[2], "--output", "jsonl"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = [json.loads(line) for line in out.split("\n") if line]
     assert [r["text"] for r in rows] == texts
     # the same probabilities as the module on each text alone (no padding), tokenized independently
     module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()

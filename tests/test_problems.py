@@ -165,3 +165,19 @@ def test_hub_name_offline_gives_clear_error():
     # conftest sets HF_HUB_OFFLINE=1: the hub path must fail with advice, not hang or crash.
     with pytest.raises(ProblemLoadError, match="pass a local JSON/JSONL file"):
         load_math500("HuggingFaceH4/MATH-500")
+
+
+def test_jsonl_strings_holding_unicode_line_separators(tmp_path):
+    """U+2028/U+0085 inside a JSON string are not line breaks of a JSONL file (str.splitlines() says they are)."""
+    from spine.serve.judge import load_responses
+
+    text = "two\u2028lines\x85here"
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                            for r in [{"q": text, "a": 1}, {"q": "plain", "a": 2}]), encoding="utf-8")
+    got = load_problems(path, prompt_field="q", answer_field="a")
+    assert [p.prompt for p in got] == [text, "plain"]
+    rpath = tmp_path / "responses.jsonl"
+    rpath.write_text("".join(json.dumps({"instruction": "i", "input": "", "output": "o", "model_response": m},
+                                        ensure_ascii=False) + "\n" for m in (text, "ok")), encoding="utf-8")
+    assert [item.response for item in load_responses(rpath)] == [text, "ok"]
