@@ -2,13 +2,18 @@
 # Where does a GPU substrate land, seed by seed? Pretraining recipes on task:chain levels 1-8, several seeds
 # side by side on one GPU (deterministic kernels), each with its level-8 greedy curve every EVERY steps on
 # 400 *training-split* problems (seed 99, never the held-out ones) in its metrics.csv, then its final model
-# on the ladder's 1,000 held-out level-7/8 problems. Picks a recipe whose seeds agree (issue 12's +/-3),
-# not one that sits on the cliff the 425-step substrate sits on (docs/tasks.md, "The GPU substrate").
+# on the ladder's 1,000 held-out level-7/8 problems: for picking a recipe whose seeds agree (issue 12's +/-3)
+# rather than one on the cliff the 425-step substrate sits on (docs/tasks.md, "The GPU substrate").
 # Run from the repo root on the device machine with `.whl` carried; writes OUT/curves.tgz.
 #   bash bench/gpu_substrate_curves.sh "NAME:SEED:STEPS:LR:BATCH:D_MODEL:N_LAYER ..." [limit_s]
 # e.g. "w256-0:0:1000:1e-3:128:256:6 w128-0:0:1500:2e-3:128:128:6"
 set -u -o pipefail
+[ $# -ge 1 ] || { echo 'usage: bash bench/gpu_substrate_curves.sh "NAME:SEED:STEPS:LR:BATCH:D_MODEL:N_LAYER ..." [limit_s]'; exit 2; }
 OUT=${OUT:-/tmp/out}; R=/tmp/substrate-curves; LIMIT=${2:-400}; EVERY=${EVERY:-50}
+(( LIMIT > 60 )) || { echo "gpu_substrate_curves: limit_s $LIMIT too small (the archive needs the last 20 s)"; exit 2; }
+# timeout signals this shell only: stop every run it started (their whole process trees), then archive
+kill_tree() { local c; for c in $(pgrep -P "$1"); do kill_tree "$c"; done; kill -TERM "$1" 2>/dev/null; }
+trap 'for j in $(jobs -p); do kill_tree "$j"; done' TERM
 rm -rf "$R"; mkdir -p "$R" "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONUNBUFFERED=1
@@ -19,13 +24,13 @@ one() {  # name seed steps lr batch d_model n_layer
   local curve='{"class_path": "callbacks.ReasoningEval", "init_args": {"problems": "'"$DEV"'", "template": "synthetic",
     "sampling": {"max_new_tokens": 96, "stop": ["\nQuestion:"]}, "batch_size": 400, "every_n_steps": '"$EVERY"', "at_fit_end": false}}'
   mkdir -p "$D"
-  { timeout $((LIMIT - SECONDS - 40)) $SP fit --config configs/substrate-gpu.yaml --seed_everything "$2" --trainer.default_root_dir "$D" \
+  { timeout $((LIMIT - SECONDS - 40 > 1 ? LIMIT - SECONDS - 40 : 1)) $SP fit --config configs/substrate-gpu.yaml --seed_everything "$2" --trainer.default_root_dir "$D" \
       --trainer.max_steps "$3" --trainer.val_check_interval "$3" --model.init_args.lr "$4" --data.init_args.batch_size "$5" \
       --model.init_args.model_overrides "{\"d_model\": $6, \"n_layer\": $7, \"n_head\": $heads}" \
       --trainer.logger "{\"class_path\": \"lightning.pytorch.loggers.CSVLogger\", \"init_args\": {\"save_dir\": \"$D\", \"name\": \"logs\", \"version\": \"run\", \"flush_logs_every_n_steps\": 50}}" \
       --trainer.callbacks '[]' --trainer.callbacks+="$curve" \
       --trainer.callbacks+='{"class_path": "callbacks.SpineCheckpoint", "init_args": {"dirpath": "'"$D"'/spine", "on_save": false}}' &&
-    $SP eval --checkpoint "$D/spine/final" --problems "task:chain:levels=7-8,n=1000,seed=7,split=eval" --template synthetic \
+    timeout $((LIMIT - SECONDS - 20 > 1 ? LIMIT - SECONDS - 20 : 1)) $SP eval --checkpoint "$D/spine/final" --problems "task:chain:levels=7-8,n=1000,seed=7,split=eval" --template synthetic \
       --sampling.max_new_tokens 96 --batch_size 512 --device cuda --traces "$D/heldout-greedy.jsonl" | tail -n 4; } > "$D.log" 2>&1
   echo "rc=$? $1 $(( SECONDS ))s" >> "$R/rc.txt"
 }

@@ -3,22 +3,27 @@
 # callbacks included (each run in its own folder, where the config's relative paths land: runs/<config>/final)
 # -> SFT on 4,000 worked solutions for SFT_EPOCHS (default 2) at lr 1e-4 -> greedy on the gpu ladder's held-out
 # level 7-8 problems, for several runs side by side on one GPU with Lightning's `deterministic` on (true), off
-# (false) or `warn`. A TERM (e.g. `timeout`) stops every run, so what finished can be archived after it.
+# (false) or `warn`. A TERM (e.g. `timeout`) stops every run, then what finished is archived.
 # Run from the repo root on the device machine with `.whl` carried (jsonargparse, datasets); writes
 # OUT/substrate-seeds.tgz (logs, curves, traces; the device tool returns at most 8 files).
 #   bash bench/gpu_substrate_seeds.sh "s0:0:true s1:1:true s2:2:true"
 # Each entry is NAME:SEED:DETERMINISTIC.
 set -u -o pipefail
+[ $# -ge 1 ] || { echo 'usage: bash bench/gpu_substrate_seeds.sh "NAME:SEED:DETERMINISTIC ..."'; exit 2; }
 OUT=${OUT:-/tmp/out}; R=/tmp/substrate-seeds; REPO=$PWD; EPOCHS=${SFT_EPOCHS:-2}
-CONFIG=${CONFIG:-configs/substrate-gpu.yaml}; CK=runs/$(basename "$CONFIG" .yaml)
-trap 'trap - TERM; kill 0' TERM   # timeout signals this shell only: take the runs beside it down too
+CONFIG=${CONFIG:-configs/substrate-gpu.yaml}; [[ $CONFIG == /* ]] || CONFIG=$REPO/$CONFIG
+CK=${CK:-runs/$(basename "$CONFIG" .yaml)}   # where the config's SpineCheckpoint writes, relative to the run folder
+grep -q "dirpath: $CK\s*\(#.*\)\?$" "$CONFIG" || { echo "gpu_substrate_seeds: $CONFIG has no SpineCheckpoint dirpath $CK (set CK=...)"; exit 2; }
+# timeout signals this shell only: stop every run it started (their whole process trees), then archive
+kill_tree() { local c; for c in $(pgrep -P "$1"); do kill_tree "$c"; done; kill -TERM "$1" 2>/dev/null; }
+trap 'for j in $(jobs -p); do kill_tree "$j"; done' TERM
 rm -rf "$R"; mkdir -p "$R" "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$REPO CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONUNBUFFERED=1
 SP="python3 -m modules.cli"
 one() {  # name seed deterministic
   local D=$R/$1 S=$2 det=$3; mkdir -p "$D"
-  { (cd "$D" && $SP fit --config "$REPO/$CONFIG" --seed_everything "$S" --trainer.deterministic "$det") &&
+  { (cd "$D" && $SP fit --config "$CONFIG" --seed_everything "$S" --trainer.deterministic "$det") &&
     (cd "$REPO" && $SP fit --config configs/trace-sft.yaml --seed_everything "$S" --model.init_args.init_from "$D/$CK/final" \
       --data.init_args.traces null --data.init_args.problems "task:chain:levels=1-8,n=4000,seed=1,split=train" --model.init_args.export_dir null \
       --trainer.default_root_dir "$D/sft" --trainer.logger false --trainer.enable_checkpointing false --trainer.callbacks '[]' \
