@@ -11,13 +11,8 @@ set -u -o pipefail
 [ $# -ge 1 ] || { echo 'usage: bash bench/gpu_substrate_curves.sh "NAME:SEED:STEPS:LR:BATCH:D_MODEL:N_LAYER ..." [limit_s]'; exit 2; }
 OUT=${OUT:-/tmp/out}; R=/tmp/substrate-curves; LIMIT=${2:-400}; EVERY=${EVERY:-50}
 (( LIMIT > 60 )) || { echo "gpu_substrate_curves: limit_s $LIMIT too small (the archive needs the last 20 s)"; exit 2; }
-# timeout signals this shell only: stop every run it started (their whole process trees), then archive
-kill_tree() { local c; for c in $(pgrep -P "$1"); do kill_tree "$c"; done; kill -TERM "$1" 2>/dev/null; }
-trap 'for j in $(jobs -p); do kill_tree "$j"; done' TERM
 rm -rf "$R"; mkdir -p "$R" "$OUT"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONUNBUFFERED=1
-SP="python3 -m modules.cli"
+source bench/device_runs.sh   # wheels, PYTHONPATH, $SP, and the TERM trap that stops every run
 DEV='task:chain:level=8,n=400,seed=99,split=train'
 one() {  # name seed steps lr batch d_model n_layer
   local D=$R/$1 heads=$(( $6 / 32 ))

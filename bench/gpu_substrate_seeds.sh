@@ -14,13 +14,8 @@ OUT=${OUT:-/tmp/out}; R=/tmp/substrate-seeds; REPO=$PWD; EPOCHS=${SFT_EPOCHS:-2}
 CONFIG=${CONFIG:-configs/substrate-gpu.yaml}; [[ $CONFIG == /* ]] || CONFIG=$REPO/$CONFIG
 CK=${CK:-runs/$(basename "$CONFIG" .yaml)}   # where the config's SpineCheckpoint writes, relative to the run folder
 grep -q "dirpath: $CK\s*\(#.*\)\?$" "$CONFIG" || { echo "gpu_substrate_seeds: $CONFIG has no SpineCheckpoint dirpath $CK (set CK=...)"; exit 2; }
-# timeout signals this shell only: stop every run it started (their whole process trees), then archive
-kill_tree() { local c; for c in $(pgrep -P "$1"); do kill_tree "$c"; done; kill -TERM "$1" 2>/dev/null; }
-trap 'for j in $(jobs -p); do kill_tree "$j"; done' TERM
 rm -rf "$R"; mkdir -p "$R" "$OUT"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$REPO CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONUNBUFFERED=1
-SP="python3 -m modules.cli"
+source bench/device_runs.sh   # wheels, PYTHONPATH, $SP, and the TERM trap that stops every run
 one() {  # name seed deterministic
   local D=$R/$1 S=$2 det=$3; mkdir -p "$D"
   { (cd "$D" && $SP fit --config "$CONFIG" --seed_everything "$S" --trainer.deterministic "$det") &&
