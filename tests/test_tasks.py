@@ -333,3 +333,23 @@ def test_chainpaths_orders_bench_reads_what_each_sample_did(tmp_path):
     assert stats == {"Adds": (1, 1.0, 1.0), "Back": (1, 0.0, 0.0), "Left": (1, 1.0, 0.0)}
     assert distinct == {3: 1}
     assert bench.order_stats(str(path), level=4)[0] == {}
+
+
+def test_chain_errors_bench_names_the_first_faulty_step():
+    """bench/chain_errors.py on hand-written completions of one level-4 question: 5+3-2+4-1 = 9."""
+    from conftest import load_bench
+
+    bench = load_bench("chain_errors")
+    q = "Question: Compute 5+3-2+4-1.\nAnswer:"
+    cases = {
+        "5+3=8. 8-2=6. 6+4=10. 10-1=9. The answer is \\boxed{9}.": ("steps right, answer wrong", 0),
+        "5+3=8. 8-2=7. 7+4=11. 11-1=10. The answer is \\boxed{10}.": ("arithmetic slip", 1),
+        "5+3=8. 8-3=5. 5+4=9. 9-1=8. The answer is \\boxed{8}.": ("operand misread", 1),
+        "5+3=8. 8-2=6. 9+4=13. 13-1=12. The answer is \\boxed{12}.": ("carried value", 1),
+        "5+3=8. 8-2=6. 6+4=10. The answer is \\boxed{10}.": ("missing step", 1),
+        "5+3=9. 9-3=6. 6+4=10. 10-1=9. The answer is \\boxed{9}.": ("arithmetic slip", 2),
+    }
+    for completion, expected in cases.items():
+        assert bench.classify(q, completion) == expected, completion
+    with pytest.raises(ValueError, match="not a chain question"):
+        bench.classify("Question: sort 3 1 2", "1 2 3")
