@@ -22,8 +22,8 @@ def classify(question: str, completion: str) -> tuple[str, int]:
     m = EXPR.search(question)
     if not m:
         raise ValueError(f"not a chain question: {question[-80:]!r}")
-    ops = re.findall(r"([+-])(\d+)", m.group(1)[len(re.match(r"\d+", m.group(1)).group()):])
-    value = int(re.match(r"\d+", m.group(1)).group())
+    start, rest = re.match(r"(\d+)(.*)", m.group(1)).groups()
+    ops, value = re.findall(r"([+-])(\d+)", rest), int(start)
     steps = STEP.findall(completion.split("The answer")[0])
     first, faults = None, 0
     for i, (a, op, b, c) in enumerate(steps):

@@ -127,7 +127,7 @@ class ReasoningEval(L.Callback):
                 for logger in trainer.loggers:
                     logger.log_metrics({key: acc}, step=trainer.global_step)
             self.results.append({"step": trainer.global_step, "pipeline": label, "name": self.name,
-                                 "metric": key, "accuracy": acc, "n": int(n),
+                                 "accuracy": acc, "n": int(n),
                                  "tokens_per_problem": tokens / max(n, 1), "seconds_per_problem": seconds / max(n, 1),
                                  "trace": str(path)})
             if trainer.is_global_zero:
