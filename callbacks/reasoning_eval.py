@@ -12,7 +12,7 @@ from spine.distributed import unsharded_copy
 from spine.reasoning.evaluate import evaluate, evaluate_sharded
 from spine.params import SamplingParams
 from spine.reasoning.pipelines import ProblemEngine, make_pipeline
-from spine.reasoning.problems import load_problems
+from spine.reasoning.problems import load_problems, validate_problems
 from spine.reasoning.prompts import render_prompt
 from spine.traces import format_summary
 
@@ -96,9 +96,7 @@ class ReasoningEval(L.Callback):
                            "module gave one); skipping reasoning evaluation")
             return
         self._last_step = trainer.global_step
-        if self._problems is None:
-            probs = load_problems(self.source)
-            self._problems = probs[: self.limit] if self.limit else probs
+        self._load(pl_module)
         world, rank = trainer.world_size, trainer.global_rank
         # each rank decodes its own share for as long as it needs: a sharded (FSDP2) model would have to
         # run its forwards in lock-step, so it is gathered into a plain copy on every rank first
@@ -136,10 +134,28 @@ class ReasoningEval(L.Callback):
                                f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem{table}\n"
                                f"traces: {path}")
 
+    def _load(self, pl_module: L.LightningModule) -> None:
+        # the pipelines cut a prompt that does not fit the context from the left, so an eval whose prompts
+        # are too long for max_new_tokens would score the model on cut questions: refused in one line instead
+        if self._problems is not None:
+            return
+        probs = load_problems(self.source)
+        probs = probs[: self.limit] if self.limit else probs
+        engine = ProblemEngine(pl_module.model, pl_module.tokenizer, **self.engine_args)
+        try:
+            validate_problems(probs, where=self.source, engine=engine,
+                              context_length=pl_module.model.config.context_length,
+                              max_new_tokens=self.sampling.max_new_tokens)
+        except ValueError as e:
+            raise ValueError(f"ReasoningEval: {e}") from None
+        self._problems = probs
+
     def setup(self, trainer, pl_module, stage):
         require_gatherable_weights(trainer, "ReasoningEval")
 
     def on_train_start(self, trainer, pl_module):
+        if getattr(pl_module, "tokenizer", None) is not None:
+            self._load(pl_module)  # bad problems fail before the first step, not at the first evaluation
         # the starting point of a fine-tuning curve (a resumed fit re-reads that step's trace)
         if self.at_fit_start:
             self._run(trainer, pl_module)

@@ -154,9 +154,9 @@ def test_validate_with_the_eval_config(ckpt, tmp_path):
 
 def test_reasoning_eval_callback_during_fit(tmp_path):
     torch.manual_seed(0)
-    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=64, batch_size=4,
+    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
                             synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
-    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=64, pad_id=dm.pad_id)
+    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
     callback = ReasoningEval(problems="synthetic:level=1,n=50,seed=7,split=eval", limit=4,
                              sampling=SamplingParams(max_new_tokens=8, stop=("\nQuestion:",)),
                              pipelines=[{"name": "greedy"}, {"name": "sc", "n": 2, "temperature": 1.0}])
@@ -180,15 +180,34 @@ def test_reasoning_eval_callback_during_fit(tmp_path):
     assert callback.results[0]["accuracy"] == sum(r.correct for r in greedy) / 4
 
 
+def test_reasoning_eval_refuses_prompts_that_do_not_fit_before_the_first_step(tmp_path):
+    """The pipelines would cut such prompts from the left (scoring the model on cut questions); the callback
+    refuses them in one line that names the source and the sizes, before any training step runs."""
+    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
+                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
+    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    source = "synthetic:level=1,n=5,seed=7,split=eval"
+    # a level-1 prompt is 83 byte tokens: 50 new tokens overflow the 128-token context
+    callback = ReasoningEval(problems=source, every_n_steps=1,
+                             sampling=SamplingParams(max_new_tokens=50, stop=("\nQuestion:",)))
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
+                        use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[callback])
+    with pytest.raises(ValueError, match=rf"ReasoningEval: {source}: problem 0 .*with max_new_tokens 50 it does "
+                                         rf"not fit the model's context of 128 tokens"):
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 0 and callback.results == []
+
+
 def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
     """A stopping check and a held-out evaluation in one fit: separate metrics and trace files, and
     EarlyStopping on the check's metric ends the fit at the validation of the step the check ran."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     torch.manual_seed(0)
-    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=64, batch_size=4,
+    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
                             synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
-    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=64, pad_id=dm.pad_id)
+    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
     sampling = SamplingParams(max_new_tokens=4, stop=("\nQuestion:",))
     check = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=3, sampling=sampling,
                           every_n_steps=2, at_fit_end=False, name="check", start_step=4)
