@@ -69,9 +69,11 @@ class ReasoningEval(L.Callback):
                 raise ValueError(f"ReasoningEval: each pipeline needs a 'name' (greedy or sc), got {spec}")
             args = {k: v for k, v in spec.items() if k != "name"}
             try:
-                make_pipeline(spec["name"], sampling=sampling, **args)
+                pipe = make_pipeline(spec["name"], sampling=sampling, **args)
             except (TypeError, ValueError) as e:  # unknown pipeline, options it does not take
                 raise ValueError(f"ReasoningEval: bad options for pipeline {spec['name']!r}: {e}") from None
+            # a pipeline's own sampling fields override `sampling`: the prompts must fit the longest budget
+            self._max_new_tokens = max(getattr(self, "_max_new_tokens", 0), pipe.sampling.max_new_tokens)
         render_prompt("x", template)  # unknown template: fail now, listing the known ones
         if limit is not None and limit < 1:
             raise ValueError(f"ReasoningEval: limit must be >= 1 (or None), got {limit}")
@@ -136,7 +138,9 @@ class ReasoningEval(L.Callback):
 
     def _load(self, pl_module: L.LightningModule) -> None:
         # the pipelines cut a prompt that does not fit the context from the left, so an eval whose prompts
-        # are too long for max_new_tokens would score the model on cut questions: refused in one line instead
+        # are too long for max_new_tokens would score the model on cut questions: refused in one line instead.
+        # (Refinement's critique/revision prompts and self-verification's scoring prompts are longer than
+        # the question and are still cut to the context by design; the question itself is checked here.)
         if self._problems is not None:
             return
         probs = load_problems(self.source)
@@ -145,7 +149,7 @@ class ReasoningEval(L.Callback):
         try:
             validate_problems(probs, where=self.source, engine=engine,
                               context_length=pl_module.model.config.context_length,
-                              max_new_tokens=self.sampling.max_new_tokens)
+                              max_new_tokens=self._max_new_tokens, setting="sampling.max_new_tokens")
         except ValueError as e:
             raise ValueError(f"ReasoningEval: {e}") from None
         self._problems = probs

@@ -187,14 +187,16 @@ def test_reasoning_eval_refuses_prompts_that_do_not_fit_before_the_first_step(tm
                             synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
     module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
     source = "synthetic:level=1,n=5,seed=7,split=eval"
-    # a level-1 prompt is 83 byte tokens: 50 new tokens overflow the 128-token context
+    # these five prompts are 79-83 byte tokens: with 50 new tokens none fits the 128-token context
     callback = ReasoningEval(problems=source, every_n_steps=1,
                              sampling=SamplingParams(max_new_tokens=50, stop=("\nQuestion:",)))
     trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
                         use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, callbacks=[callback])
-    with pytest.raises(ValueError, match=rf"ReasoningEval: {source}: problem 0 .*with max_new_tokens 50 it does "
-                                         rf"not fit the model's context of 128 tokens"):
+    with pytest.raises(ValueError, match=rf"ReasoningEval: {source}: 5 of 5 prompts do not fit: the longest, "
+                                         rf"problem 0 \(id 'arith-eval-L1-s7-0'\), is 83 tokens, and with "
+                                         rf"sampling.max_new_tokens 50 it does not fit the model's context of 128 "
+                                         rf"tokens; set sampling.max_new_tokens to at most 45 to fit them all"):
         trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 0 and callback.results == []
 

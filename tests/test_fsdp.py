@@ -31,6 +31,8 @@ WORLD, BATCH = 2, 4
 # FSDP reduce-scatters gradient shards: like DDP, a different float32 summation order than one batch of 8
 LOSS_ATOL, WEIGHT_ATOL = 1e-5, 1e-5
 N_EVAL = 12
+# the evaluation's prompts (up to 87 tokens) + 6 new tokens need a context of 128; the data windows stay 32
+MODEL = {"context_length": 128}
 REASONING = [callback("callbacks.ReasoningEval", problems=f"synthetic:level=1,n={N_EVAL},seed=123,split=eval",
                       template="synthetic", sampling={"max_new_tokens": 6, "stop": ["\nQuestion:"]}, batch_size=4)]
 
@@ -38,9 +40,9 @@ REASONING = [callback("callbacks.ReasoningEval", problems=f"synthetic:level=1,n=
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fsdp")
-    fsdp = run(base, "fsdp", devices=WORLD, batch=BATCH, strategy=FSDP, callbacks=REASONING)
+    fsdp = run(base, "fsdp", devices=WORLD, batch=BATCH, strategy=FSDP, callbacks=REASONING, model_overrides=MODEL)
     assert fsdp[0].returncode == 0, fsdp[0].stderr[-4000:]
-    single = run(base, "single", devices=1, batch=WORLD * BATCH, strategy="auto")
+    single = run(base, "single", devices=1, batch=WORLD * BATCH, strategy="auto", model_overrides=MODEL)
     assert single[0].returncode == 0, single[0].stderr[-4000:]
     return {"base": base, "fsdp": fsdp, "single": single}
 
@@ -136,7 +138,7 @@ def test_resume_from_sharded_checkpoint_is_bitwise(runs):
     _, ref_root, ref_probe = runs["fsdp"]
     killed, root, probe = run(base, "killed", "--trainer.callbacks+=ddp_probe.KillGroupAtStep",
                               "--trainer.callbacks.step=6", devices=WORLD, batch=BATCH, strategy=FSDP,
-                              callbacks=REASONING)
+                              callbacks=REASONING, model_overrides=MODEL)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
     assert (root / "ckpt" / "last.ckpt" / "meta.pt").is_file()
     resumed = spine_fit((root / "config.yaml").read_text(), root, "--ckpt_path", "last")

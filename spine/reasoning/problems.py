@@ -152,14 +152,16 @@ def _strings(value: Any, path: str) -> list[tuple[str, str]]:
 
 
 def validate_problems(problems: Sequence[Problem], *, where: str = "problems", engine: Any = None,
-                      context_length: int | None = None, max_new_tokens: int = 0) -> None:
+                      context_length: int | None = None, max_new_tokens: int = 0,
+                      setting: str = "--sampling.max_new_tokens") -> None:
     """Check every problem before anything is generated; one ProblemLoadError line naming the problem.
 
     Refused: no problems, duplicate ids, an empty gold answer, a lone surrogate anywhere (it cannot be
     written as UTF-8, so the trace writer would fail mid-run and on every resume). With `engine` (a
     `spine.reasoning.pipelines.ProblemEngine`: `prompt_for`, `tokenizer`, `chat`) and the model's
     `context_length`: a rendered prompt that does not leave room for `max_new_tokens` (generation
-    would cut it from the front, silently).
+    would cut it from the front, silently); the line names the longest such prompt, how many do not fit
+    and the largest value of `setting` (the caller's name for max_new_tokens) that fits them all.
     """
     if not problems:
         raise ProblemLoadError(f"{where}: no problems to evaluate")
@@ -183,13 +185,17 @@ def validate_problems(problems: Sequence[Problem], *, where: str = "problems", e
         return
     limit = context_length - max_new_tokens
     special = "all" if engine.chat else frozenset()
-    for i, p in enumerate(problems):
-        n = len(engine.tokenizer.encode(engine.prompt_for(p), allowed_special=special))
-        if n > limit:
-            raise ProblemLoadError(
-                f"{where}: problem {i} (id {p.id!r}): its prompt is {n} tokens, and with max_new_tokens "
-                f"{max_new_tokens} it does not fit the model's context of {context_length} tokens; lower "
-                "--max_new_tokens or leave the problem out (prompts are never cut)")
+    lengths = [len(engine.tokenizer.encode(engine.prompt_for(p), allowed_special=special)) for p in problems]
+    over = [n > limit for n in lengths]
+    if any(over):
+        i = max(range(len(lengths)), key=lambda j: lengths[j])
+        n, p = lengths[i], problems[i]
+        room = (f"set {setting} to at most {context_length - n} to fit them all"
+                if n < context_length else "no new token fits the longest")
+        raise ProblemLoadError(
+            f"{where}: {sum(over)} of {len(problems)} prompts do not fit: the longest, problem {i} (id {p.id!r}), "
+            f"is {n} tokens, and with {setting} {max_new_tokens} it does not fit the model's context of "
+            f"{context_length} tokens; {room}, or leave those problems out (prompts are never cut)")
 
 
 def _as_text(value: Any) -> str:

@@ -119,17 +119,18 @@ ACCELERATOR = os.environ.get("SPINE_TEST_ACCELERATOR", "cpu")
 
 
 def run(base: Path, name: str, *extra: str, devices: int, batch: int, strategy: str | dict, steps: int = STEPS,
-        dropout: float = 0.0, callbacks: Sequence[dict] = ()) -> tuple[subprocess.CompletedProcess, Path, Path]:
+        dropout: float = 0.0, callbacks: Sequence[dict] = (),
+        model_overrides: dict | None = None) -> tuple[subprocess.CompletedProcess, Path, Path]:
     """One tiny multi-process `spine fit` under `base/name`; returns (process, run root, probe dir).
 
     `strategy`: a Trainer strategy name or a {class_path, init_args} dict; `callbacks`: extra
-    `trainer.callbacks` items after the standard ones."""
+    `trainer.callbacks` items after the standard ones; `model_overrides` update TINY_MODEL."""
     root, probe = base / name, base / f"{name}-probe"
     root.mkdir(parents=True)
     ckpt = callback("lightning.pytorch.callbacks.ModelCheckpoint", dirpath=root / "ckpt", save_last=True,
                     every_n_train_steps=EVERY, save_top_k=-1)
     cfg = fit_yaml(
-        root, tiny_pretrain_model({"dropout": dropout}),
+        root, tiny_pretrain_model({"dropout": dropout, **(model_overrides or {})}),
         synthetic_data(base / "cache", "ddp_probe.IndexedPretrainData", batch_size=batch),
         accelerator=ACCELERATOR, devices=devices, strategy=strategy, max_steps=steps, val_check_interval=EVERY,
         check_val_every_n_epoch=None, num_sanity_val_steps=-1, log_every_n_steps=1, gradient_clip_val=1.0,
