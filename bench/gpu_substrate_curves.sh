@@ -11,6 +11,7 @@
 # problems. The CPU substrate's recipe on CUDA (levels 1-6, fp32, its own held-out levels 4-6):
 #   CONFIG=configs/substrate-cpu.yaml DEV=task:chain:level=6,n=400,seed=99,split=train \
 #   HELD=task:chain:levels=4-6,n=1200,seed=7,split=eval TOKENS=80 bash bench/gpu_substrate_curves.sh "c0:0:600:3e-3:32:128:4"
+# ACCEL=cpu EVAL_DEVICE=cpu runs the same on a CPU (a smoke test of the script). Every fit is deterministic.
 set -u -o pipefail
 [ $# -ge 1 ] || { echo 'usage: bash bench/gpu_substrate_curves.sh "NAME:SEED:STEPS:LR:BATCH:D_MODEL:N_LAYER ..." [limit_s]'; exit 2; }
 OUT=${OUT:-/tmp/out}; R=/tmp/substrate-curves; LIMIT=${2:-400}; EVERY=${EVERY:-50}

@@ -19,7 +19,7 @@ left() { local t=$((LIMIT - SECONDS - $1)); echo $((t > 1 ? t : 1)); }
 stage() {  # seed epochs stage: one kd_probe stage in the seed's folder, cut so the archive still gets written
   local d=$R/s$1; mkdir -p "$d"
   OUT=$d SEED=$1 EPOCHS=$2 timeout "$(left 60)" bash bench/kd_probe.sh "$3" > "$d/$3${KD_TAG:-}-e$2.out" 2>&1
-  echo "rc=$? s$1 $3${KD_TAG:-} e$2 ${SECONDS}s" >> "$R/rc.txt"
+  local rc=$?; echo "rc=$rc s$1 $3${KD_TAG:-} e$2 ${SECONDS}s" >> "$R/rc.txt"; return $rc
 }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 has trace && ( stage 0 0 traces && for s in $SEEDS; do mkdir -p "$R/s$s"; [ "$s" = 0 ] || cp "$R/s0/teacher-traces.jsonl" "$R/s$s/"; done &&
@@ -28,10 +28,14 @@ for s in $SEEDS; do for e in $EPOCHS_LIST; do
   has plain && stage "$s" "$e" plain &
   has kd && stage "$s" "$e" kd &
   IFS=';' read -ra vs <<< "$VARIANTS"
-  for v in ${vs[@]+"${vs[@]}"}; do KD_TAG=-${v%%=*} KD_ARGS=${v#*=} stage "$s" "$e" kd & done
+  for v in ${vs[@]+"${vs[@]}"}; do v=${v#"${v%%[! ]*}"}; KD_TAG=-${v%%=*} KD_ARGS=${v#*=} stage "$s" "$e" kd & done
 done; done
 wait
-for s in $SEEDS; do for e in $EPOCHS_LIST; do stage "$s" "$e" eval & done; done; wait
+# the teacher once per seed (the first epoch count's eval), so no two evals write its trace file at once
+first=${EPOCHS_LIST%% *}
+for s in $SEEDS; do for e in $EPOCHS_LIST; do
+  EVAL_TEACHER=$([ "$e" = "$first" ] && echo 1 || echo 0) stage "$s" "$e" eval &
+done; done; wait
 (cd "$(dirname "$R")" && tar czf "$OUT/$(basename "$R").tgz" --exclude='*.safetensors' --exclude='*.ckpt' --exclude='teacher-traces.jsonl' "$(basename "$R")")
 cat "$R/rc.txt"; for f in "$R"/s*/eval-e*.out; do echo "== $f"; grep -E "^==|all" "$f"; done
 # summary: issue 13's student grid on one GPU (plain SFT, logit KD, trace-SFT over seeds x epochs)

@@ -13,6 +13,7 @@
 # Other student seeds reuse one teacher: OUT=runs/kd-probe-s1 SEED=1 TEACHER=runs/kd-probe/teacher/spine/final.
 # Students land in OUT/plain-eEPOCHS and OUT/kd-eEPOCHS; eval reports the teacher and every student of that EPOCHS.
 # KD variants: KD_TAG=-t1 KD_ARGS='--model.init_args.temperature 1' -> OUT/kd-t1-eEPOCHS (KD_ARGS is word-split).
+# EVAL_TEACHER=0 leaves the teacher out of `eval` (bench/kd_gpu.sh evaluates it once per seed).
 set -eu
 OUT=${OUT:-runs/kd-probe}; SEED=${SEED:-0}; N=${N:-16000}; EPOCHS=${EPOCHS:-2}; SP=${SPINE:-spine}
 # the teacher's SFT corpus: by default 4,000 other problems for 6 epochs (the measured 85.0% teacher);
@@ -55,7 +56,7 @@ traces)  $SP eval --checkpoint "$TEACHER" --problems "task:chain:levels=1-6,n=$N
 trace)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${SHAPE[@]}" \
            --data.init_args.problems null --data.init_args.traces "[\"$OUT/teacher-traces.jsonl\"]" --data.init_args.dedupe false \
            --trainer.default_root_dir "$OUT/trace-e$EPOCHS" "$(ck "$OUT/trace-e$EPOCHS/spine")" > "$OUT/trace-e$EPOCHS.log" 2>&1 ;;
-eval)    for m in teacher $(cd "$OUT" && ls -d *-e"$EPOCHS" 2>/dev/null); do
+eval)    for m in $([ "${EVAL_TEACHER:-1}" = 1 ] && echo teacher) $(cd "$OUT" && ls -d *-e"$EPOCHS" 2>/dev/null); do
            ck=$OUT/$m/spine/final; [ "$m" = teacher ] && ck=$TEACHER
            [ -e "$ck/manifest.json" ] || continue
            echo "== $m"; $SP eval --checkpoint "$ck" --problems "task:chain:levels=5-6,n=400,seed=7,split=eval" \
