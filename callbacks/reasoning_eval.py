@@ -64,6 +64,8 @@ class ReasoningEval(L.Callback):
         self.start_step = start_step
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
+        # a pipeline's own sampling fields override `sampling`: the prompts must fit the largest budget
+        self._max_new_tokens = sampling.max_new_tokens
         for spec in self.pipeline_specs:  # a typo in a pipeline should fail before training, not after
             if "name" not in spec:
                 raise ValueError(f"ReasoningEval: each pipeline needs a 'name' (greedy or sc), got {spec}")
@@ -72,8 +74,7 @@ class ReasoningEval(L.Callback):
                 pipe = make_pipeline(spec["name"], sampling=sampling, **args)
             except (TypeError, ValueError) as e:  # unknown pipeline, options it does not take
                 raise ValueError(f"ReasoningEval: bad options for pipeline {spec['name']!r}: {e}") from None
-            # a pipeline's own sampling fields override `sampling`: the prompts must fit the longest budget
-            self._max_new_tokens = max(getattr(self, "_max_new_tokens", 0), pipe.sampling.max_new_tokens)
+            self._max_new_tokens = max(self._max_new_tokens, pipe.sampling.max_new_tokens)
         render_prompt("x", template)  # unknown template: fail now, listing the known ones
         if limit is not None and limit < 1:
             raise ValueError(f"ReasoningEval: limit must be >= 1 (or None), got {limit}")

@@ -199,6 +199,16 @@ def test_reasoning_eval_refuses_prompts_that_do_not_fit_before_the_first_step(tm
                                          rf"tokens; set sampling.max_new_tokens to at most 45 to fit them all"):
         trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 0 and callback.results == []
+    # a pipeline's own budget counts: 8 shared new tokens fit, sc's 50 do not
+    per_pipeline = ReasoningEval(problems=source, every_n_steps=1,
+                                 sampling=SamplingParams(max_new_tokens=8, stop=("\nQuestion:",)),
+                                 pipelines=[{"name": "greedy"}, {"name": "sc", "n": 2, "max_new_tokens": 50}])
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
+                        use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[per_pipeline])
+    with pytest.raises(ValueError, match="with sampling.max_new_tokens 50 it does not fit"):
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 0 and per_pipeline.results == []
 
 
 def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
