@@ -36,4 +36,13 @@ serve)
   run serve-load 110 python3 bench/serve_load.py --device cuda --preset gpt2-124m --tokenizer gpt2 --vocab_dir .devdata/gpt2-bpe --max_batch_size 32 --requests_per_client 25 --deadline_s 100 ;;
 train)
   run train 150 python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 15 --warmup 6 --variants trainer,plain,nanogpt --anchors .devdata/anchors --out "$OUT/train.json" ;;
+fast)  # issue 15's training fast paths, GPT-2 124M B 32 x 1024: one process per variant (a failing path costs only itself);
+       # FAST_GPT2 / FAST_QWEN3 name other variants (bench/train_throughput.py: plain+fp8+cdt, plain+autotune, ...)
+  for v in ${FAST_GPT2:-plain nanogpt plain+fp8 plain+fp8head}; do
+    run "fast-gpt2-$v" 110 python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 12 --warmup 5 --variants "$v" --anchors .devdata/anchors --out "$OUT/fast-gpt2-$v.json"
+  done ;;
+fastq)  # the same for the Qwen3-0.6B shape, B 16 x 1024
+  for v in ${FAST_QWEN3:-plain plain+fp8}; do
+    run "fast-qwen3-$v" 120 python3 bench/train_throughput.py --model qwen3-0.6b --batch 16 --steps 10 --warmup 4 --variants "$v" --out "$OUT/fast-qwen3-$v.json"
+  done ;;
 esac; done

@@ -48,13 +48,26 @@ def make_batch(cfg: ModelConfig, B: int, T: int, device) -> dict:
     return {"input_ids": ids[:, :-1].to(device), "targets": ids[:, 1:].to(device)}
 
 
-def bench_plain(cfg, B, T, args, loader=None) -> float:
-    """The spine core in a hand-written loop (no Lightning): the reference for Lightning's overhead."""
+def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> float:
+    """The spine core in a hand-written loop (no Lightning): the reference for Lightning's overhead.
+
+    `fast` names optional fast paths (variant `plain+fp8+cdt`, ...): fp8 = float8 matmuls for every
+    block linear (torchao), fp8head = the LM head too, cdt = inductor coordinate-descent tuning,
+    autotune = compile mode max-autotune-no-cudagraphs.
+    """
+    from spine.speed import compiler_tuning, float8_linears
+
     torch.manual_seed(0)
     model = GPT(cfg).cuda()
+    if "fp8" in fast or "fp8head" in fast:
+        names, why = float8_linears(model, skip=() if "fp8head" in fast else ("lm_head",))
+        print(f"float8: {len(names)} linears" + (f" (not used: {why})" if why else ""), flush=True)
+    compiler_tuning("cdt" in fast)
+    mode = "max-autotune-no-cudagraphs" if "autotune" in fast else None
     if args.compile and args.compile_scope == "model":
-        model.compile()
-    loss_fn = make_loss_fn(model, chunked=args.chunked_ce, compile=bool(args.compile) and args.compile_scope == "loss")
+        model.compile(mode=mode)
+    loss_fn = make_loss_fn(model, chunked=args.chunked_ce, compile=bool(args.compile) and args.compile_scope == "loss",
+                           compile_mode=mode)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=True)
     batch = make_batch(cfg, B, T, "cuda")
     it = iter(loader) if loader is not None else None
@@ -77,6 +90,7 @@ def bench_plain(cfg, B, T, args, loader=None) -> float:
         opt.zero_grad(set_to_none=True)
 
     t, _ = median_step_time(step, args.steps, args.warmup)
+    compiler_tuning(False)
     del model, opt
     return t
 
@@ -147,9 +161,14 @@ def bench_nanogpt(cfg, B, T, args) -> float | None:
     return t
 
 
-def bench_trainer(cfg, B, T, args) -> float:
-    """`spine fit` path: PretrainModule + PretrainDataModule through Lightning's Trainer."""
+def bench_trainer(cfg, B, T, args, fast: tuple[str, ...] = ()) -> float:
+    """`spine fit` path: PretrainModule + PretrainDataModule through Lightning's Trainer.
+
+    `fast` as in `bench_plain`: fp8 = `--model.init_args.float8 true`, cdt = inductor coordinate-descent tuning.
+    """
     import lightning.pytorch as L
+
+    from spine.speed import compiler_tuning
 
     from datamodules.pretrain import PretrainDataModule
     from modules.pretrain import PretrainModule
@@ -169,13 +188,15 @@ def bench_trainer(cfg, B, T, args) -> float:
     overrides.pop("context_length")
     module = PretrainModule(model=args.model, model_overrides=overrides, vocab_size=cfg.vocab_size,
                             context_length=T, lr=1e-4, compile=bool(args.compile), fused_adam=True,
-                            chunked_ce=args.chunked_ce, scheduler="cosine")
+                            chunked_ce=args.chunked_ce, scheduler="cosine", float8="fp8" in fast)
+    compiler_tuning("cdt" in fast)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cuda", devices=1, precision="bf16-mixed", max_steps=args.steps + args.warmup,
                         gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
     trainer.fit(module, dm)
     t = statistics.median(timer.times[args.warmup:])
+    compiler_tuning(False)
     del module, trainer
     return t
 
@@ -210,10 +231,10 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        if variant == "trainer":
-            t = bench_trainer(cfg, B, T, args)
-        elif variant == "plain":
-            t = bench_plain(cfg, B, T, args)
+        if variant == "trainer" or variant.startswith("trainer+"):
+            t = bench_trainer(cfg, B, T, args, fast=tuple(variant.split("+")[1:]))
+        elif variant == "plain" or variant.startswith("plain+"):
+            t = bench_plain(cfg, B, T, args, fast=tuple(variant.split("+")[1:]))
         elif variant == "plain_loader":
             from datamodules.pretrain import PretrainDataModule
 
@@ -248,8 +269,9 @@ def main() -> None:
         print(f"| {r['variant']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
     if "hf" in base and "trainer" in base:
         print(f"trainer / hf = {base['trainer'] / base['hf']:.2f}x")
-    if "nanogpt" in base and "trainer" in base:
-        print(f"trainer / nanogpt = {base['trainer'] / base['nanogpt']:.2f}x")
+    for name in base:
+        if name.startswith("trainer") and "nanogpt" in base:
+            print(f"{name} / nanogpt = {base[name] / base['nanogpt']:.2f}x")
     if "plain" in base and "trainer" in base:
         print(f"lightning overhead = {1 - base['trainer'] / base['plain']:.1%}")
     if "plain" in base and "plain_loader" in base:

@@ -27,6 +27,7 @@ class PretrainModule(SpineModule):
         self.flops_per_batch = 0
 
     def configure_model(self) -> None:
+        self._fast_paths()
         self._shard()
         if self.chunked_ce and getattr(self, "_sharded", False):
             # the chunked loss reads lm_head.weight outside the forward, where FSDP2 holds only a shard

@@ -174,20 +174,21 @@ def lm_loss_sum(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor
 
 
 def make_loss_fn(model: nn.Module, *, chunked: bool = False, compile: bool | str = False,
-                 chunk_size: int = 4096) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+                 chunk_size: int = 4096, compile_mode: str | None = None) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """`fn(input_ids, targets) -> (loss_sum, n_tokens)` for a `GPT`, optionally torch.compile'd whole.
 
     Compiling the model *and* the cross-entropy as one graph lets the compiler fuse the float32
     log-softmax into the head's output instead of materialising (B, T, V) float32 logits.
     Parameter names are untouched (the model itself is not wrapped), so checkpoints are unchanged.
     `compile="loss"` compiles only the cross-entropy on the model's logits (for a model whose
-    forward cannot be one graph, e.g. FSDP2-sharded with blocks compiled one by one).
+    forward cannot be one graph, e.g. FSDP2-sharded with blocks compiled one by one). `compile_mode`
+    is torch.compile's `mode` (None: the default).
     """
     if compile == "loss" and not chunked:
-        ce = torch.compile(cross_entropy_sum)
+        ce = torch.compile(cross_entropy_sum, mode=compile_mode)
         return lambda input_ids, targets: ce(model(input_ids), targets)
 
     def fn(input_ids: torch.Tensor, targets: torch.Tensor):
         return lm_loss_sum(model, input_ids, targets, chunked=chunked, chunk_size=chunk_size)
 
-    return torch.compile(fn) if compile else fn
+    return torch.compile(fn, mode=compile_mode) if compile else fn

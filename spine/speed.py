@@ -1,0 +1,74 @@
+"""Optional training fast paths. Each one falls back to the pure-PyTorch reference when it cannot run.
+
+- `float8_linears`: train `nn.Linear` layers with float8 matmuls (torchao's float8 training, dynamic
+  tensorwise scaling: e4m3 for activations and weights, e5m2 for gradients). Needs the `torchao` extra
+  and a GPU with float8 tensor cores (compute capability 8.9+: Ada, Hopper, Blackwell); elsewhere the
+  model is left as it is and the reason is returned. Parameter names do not change, so checkpoints
+  and exports are the same files.
+- `compiler_tuning`: inductor's coordinate-descent tuning of its generated kernels (block sizes of
+  the fused elementwise/norm/cross-entropy kernels), a global switch that costs compile time.
+
+Measured in bench/RESULTS.md; tested against the reference in tests/test_speed.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def float8_support(device: torch.device | str | None = None) -> str | None:
+    """None when float8 training can run here, else one line saying why not."""
+    try:
+        import torchao.float8  # noqa: F401
+    except Exception as exc:  # ImportError, or a torchao built for another torch
+        return f"torchao is not importable ({type(exc).__name__}: {exc}); pip install torchao"
+    if not torch.cuda.is_available():
+        return "no CUDA device (float8 matmuls need a GPU of compute capability 8.9 or newer)"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 9):
+        return f"GPU compute capability {cap[0]}.{cap[1]} has no float8 tensor cores (needs 8.9 or newer)"
+    return None
+
+
+def float8_linears(model: nn.Module, *, skip: tuple[str, ...] = ("lm_head",), emulate: bool = False
+                   ) -> tuple[list[str], str | None]:
+    """Swap the model's `nn.Linear` layers for torchao `Float8Linear` in place.
+
+    Layers named in `skip` (by their last name part) and layers whose sizes are not multiples of 16
+    (a float8 matmul requirement) stay in bf16/fp32. `emulate=True` runs the float8 casts with
+    higher-precision matmuls, so the conversion can be tested on a CPU.
+    Returns (names of converted layers, None), or ([], reason) when nothing was converted because
+    float8 training cannot run here.
+    """
+    if not emulate:
+        reason = float8_support()
+        if reason is not None:
+            return [], reason
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except Exception as exc:
+        return [], f"torchao is not importable ({type(exc).__name__}: {exc}); pip install torchao"
+
+    converted: list[str] = []
+
+    def keep(mod: nn.Module, fqn: str) -> bool:
+        if not isinstance(mod, nn.Linear) or fqn.rsplit(".", 1)[-1] in skip:
+            return False
+        if mod.in_features % 16 or mod.out_features % 16:
+            return False
+        converted.append(fqn)
+        return True
+
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False)}
+    convert_to_float8_training(model, config=Float8LinearConfig(emulate=emulate), module_filter_fn=keep)
+    after = {name for name, p in model.named_parameters(remove_duplicate=False)}
+    if after != tied:  # a swap that renamed parameters would break checkpoints: refuse it loudly
+        raise RuntimeError(f"float8_linears changed parameter names: {sorted(after ^ tied)[:4]}")
+    return converted, None
+
+
+def compiler_tuning(coordinate_descent: bool = True) -> None:
+    """Turn inductor's coordinate-descent tuning of generated kernels on or off (process-wide)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = coordinate_descent
