@@ -2,7 +2,7 @@
 # One device call for issue 15/16/11's GPU benches (NVIDIA H200). Run from the repo root on the device
 # machine with `.whl` (../shared/tools/device-wheels trl accelerate psutil pandas jinja2 fastapi uvicorn
 # starlette pydantic pydantic-core openai httpx anyio sniffio h11 httpcore jiter distro annotated-types
-# typing-inspection click rich) and `.devdata` (copies of ../shared/anchors and ../shared/data/gpt2-bpe)
+# typing-inspection click rich torchao) and `.devdata` (copies of ../shared/anchors and ../shared/data/gpt2-bpe)
 # carried. Each bench has its own time limit and writes its log and JSON under $OUT, so one failure or
 # overrun does not cost the others. Usage: bash bench/h200_benches.sh [section ...]
 set -u
@@ -39,10 +39,12 @@ train)
 fast)  # issue 15's training fast paths, GPT-2 124M B 32 x 1024: one process per variant (a failing path costs only itself);
        # FAST_GPT2 / FAST_QWEN3 name other variants (bench/train_throughput.py: plain+fp8+cdt, plain+autotune, ...)
   for v in ${FAST_GPT2:-plain nanogpt plain+fp8 plain+fp8head}; do
-    run "fast-gpt2-$v" 110 python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 12 --warmup 5 --variants "$v" --anchors .devdata/anchors --out "$OUT/fast-gpt2-$v.json"
+    run "fast-gpt2-${v//+/_}" 130 python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 12 --warmup 5 --variants "$v" --anchors .devdata/anchors --out "$OUT/fast-gpt2-${v//+/_}.json"
   done ;;
 fastq)  # the same for the Qwen3-0.6B shape, B 16 x 1024
   for v in ${FAST_QWEN3:-plain plain+fp8}; do
-    run "fast-qwen3-$v" 120 python3 bench/train_throughput.py --model qwen3-0.6b --batch 16 --steps 10 --warmup 4 --variants "$v" --out "$OUT/fast-qwen3-$v.json"
+    run "fast-qwen3-${v//+/_}" ${FAST_LIMIT:-130} python3 bench/train_throughput.py --model qwen3-0.6b --batch 16 --steps 10 --warmup 4 --variants "$v" --out "$OUT/fast-qwen3-${v//+/_}.json"
   done ;;
+profq)  # where the Qwen3-0.6B shape's step spends GPU time (issue 15's 55% MFU target)
+  run prof-qwen3 ${PROF_LIMIT:-110} python3 bench/profile_train.py --model qwen3-0.6b --batch 16 ;;
 esac; done

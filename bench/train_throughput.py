@@ -61,7 +61,9 @@ def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> flo
     model = GPT(cfg).cuda()
     if "fp8" in fast or "fp8head" in fast:
         names, why = float8_linears(model, skip=() if "fp8head" in fast else ("lm_head",))
-        print(f"float8: {len(names)} linears" + (f" (not used: {why})" if why else ""), flush=True)
+        if why:  # a row labelled fp8 must have run in float8
+            raise SystemExit(f"variant plain+{'+'.join(fast)}: float8 not available: {why}")
+        print(f"float8: {len(names)} linears", flush=True)
     compiler_tuning("cdt" in fast)
     mode = "max-autotune-no-cudagraphs" if "autotune" in fast else None
     if args.compile and args.compile_scope == "model":
@@ -197,6 +199,8 @@ def bench_trainer(cfg, B, T, args, fast: tuple[str, ...] = ()) -> float:
     trainer.fit(module, dm)
     t = statistics.median(timer.times[args.warmup:])
     compiler_tuning(False)
+    if "fp8" in fast and not any(type(m).__name__ == "Float8Linear" for m in module.model.modules()):
+        raise SystemExit("variant trainer+fp8: float8 was not applied (see the warning above)")
     del module, trainer
     return t
 
@@ -228,6 +232,11 @@ def main() -> None:
     fpt = cfg.flops_per_token(T)
     rows = []
     for variant in args.variants.split(","):
+        base_name, *flags = variant.split("+")
+        allowed = {"plain": {"fp8", "fp8head", "cdt", "autotune"}, "trainer": {"fp8", "cdt"}}.get(base_name, set())
+        if set(flags) - allowed:
+            raise SystemExit(f"variant {variant}: unknown fast path(s) {sorted(set(flags) - allowed)}; "
+                             f"{base_name} takes {sorted(allowed) or 'none'}")
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

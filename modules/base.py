@@ -11,7 +11,6 @@ import random
 from typing import Any
 
 import lightning.pytorch as L
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import numpy as np
 import torch
 
@@ -19,7 +18,6 @@ from spine.config import ModelConfig
 from spine.engine import load_model
 from spine.distributed import MODEL_CONFIG_KEY, TOKENIZER_FILES_KEY, shard_fsdp2, tokenizer_files
 from spine.model import GPT
-from spine.speed import float8_linears
 from spine.training import TokenNormalizer, param_groups, warmup_cosine
 
 
@@ -144,7 +142,6 @@ class SpineModule(L.LightningModule):
         compile: bool = False,
         fused_adam: bool | None = None,
         init: str = "gpt2",
-        float8: bool = False,
     ):
         """A training stage over a `GPT` built from a preset or loaded from a checkpoint.
 
@@ -168,9 +165,6 @@ class SpineModule(L.LightningModule):
             fused_adam: fused AdamW kernel (None: on CUDA only).
             init: weight init of a fresh model: "gpt2" (N(0, 0.02), nanoGPT/HF) or "torch" (PyTorch
                 defaults, as the book's GPTModel). Ignored when starting from `init_from`.
-            float8: train the blocks' linear layers with float8 matmuls (torchao; GPUs of compute
-                capability 8.9+). Where it cannot run, a warning says why and training stays as it was.
-                Checkpoints are unchanged (`spine.speed.float8_linears`).
         """
         super().__init__()
         validate_hparams(lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
@@ -182,23 +176,11 @@ class SpineModule(L.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
-        self._fast_paths()
         self._shard()
         if self.hparams.compile and not getattr(self, "_compiled", False):
             # in-place compile keeps parameter names (and so checkpoints) unchanged
             self.model.compile()
             self._compiled = True
-
-    def _fast_paths(self) -> None:
-        """Optional fast paths, before sharding and compiling (once)."""
-        if not self.hparams.get("float8", False) or getattr(self, "_float8_done", False):
-            return
-        self._float8_done = True
-        names, why = float8_linears(self.model)
-        if why:
-            rank_zero_warn(f"float8: not used ({why}); training continues without it")
-        else:
-            rank_zero_info(f"float8: {len(names)} linear layers train with float8 matmuls")
 
     def _shard(self) -> None:
         """Under ModelParallelStrategy: shard the model with FSDP2 over the data-parallel mesh (once)."""

@@ -6,6 +6,9 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from spine.speed import float8_linears
 from spine.training import make_loss_fn
 
 from .base import SpineModule
@@ -20,14 +23,24 @@ class PretrainModule(SpineModule):
 
     supports_sharding = True
 
-    def __init__(self, *args: Any, chunked_ce: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, chunked_ce: bool = False, float8: bool = False, **kwargs: Any):
+        """Pretraining; every other argument is `SpineModule`'s.
+
+        Args:
+            chunked_ce: cross-entropy in chunks of tokens (less memory, slower).
+            float8: train the blocks' linear layers with float8 matmuls (torchao, GPUs of compute
+                capability 8.9+; `spine.speed.float8_linears`). Where it cannot run, one warning says why
+                and training goes on without it. Pretraining only: the other stages keep frozen
+                reference copies (GRPO, DPO) and LoRA bases that a swap would leave out of step.
+        """
         super().__init__(*args, **kwargs)
         self.chunked_ce = chunked_ce
+        self.float8 = float8
         self.val_loss = MeanMetric()
         self.flops_per_batch = 0
 
     def configure_model(self) -> None:
-        self._fast_paths()
+        self._float8()
         self._shard()
         if self.chunked_ce and getattr(self, "_sharded", False):
             # the chunked loss reads lm_head.weight outside the forward, where FSDP2 holds only a shard
@@ -40,6 +53,17 @@ class PretrainModule(SpineModule):
             if compile and getattr(self, "_sharded", False):
                 compile = "loss"
             self._loss_fn = make_loss_fn(self.model, chunked=self.chunked_ce, compile=compile)
+
+    def _float8(self) -> None:
+        """Swap in float8 linears once, before sharding and compiling."""
+        if not self.float8 or getattr(self, "_float8_done", False):
+            return
+        self._float8_done = True
+        names, why = float8_linears(self.model)
+        if why:
+            rank_zero_warn(f"float8: not used ({why}); training continues without it")
+        else:
+            rank_zero_info(f"float8: {len(names)} linear layers train with float8 matmuls")
 
     def _loss(self, batch):
         if getattr(self, "_loss_fn", None) is None:

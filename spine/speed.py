@@ -12,22 +12,41 @@ Measured in bench/RESULTS.md; tested against the reference in tests/test_speed.p
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 
 
+def _import_float8():
+    """torchao's float8 training API, or the one-line reason it cannot be imported.
+
+    torchao logs a line per optional compiled extension it cannot load, and torch a deprecation line
+    for one of torchao's registrations (both harmless for float8 training, which is pure PyTorch);
+    they are silenced during the import so that what the user sees is spine's one line.
+    """
+    logs = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL)
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except Exception as exc:  # ImportError, or a torchao built for another torch
+        return None, f"torchao is not importable ({type(exc).__name__}: {exc}); pip install -e '.[fast]'"
+    finally:
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
+    return (Float8LinearConfig, convert_to_float8_training), None
+
+
 def float8_support(device: torch.device | str | None = None) -> str | None:
     """None when float8 training can run here, else one line saying why not."""
-    try:
-        import torchao.float8  # noqa: F401
-    except Exception as exc:  # ImportError, or a torchao built for another torch
-        return f"torchao is not importable ({type(exc).__name__}: {exc}); pip install torchao"
     if not torch.cuda.is_available():
         return "no CUDA device (float8 matmuls need a GPU of compute capability 8.9 or newer)"
     cap = torch.cuda.get_device_capability(device)
     if cap < (8, 9):
         return f"GPU compute capability {cap[0]}.{cap[1]} has no float8 tensor cores (needs 8.9 or newer)"
-    return None
+    return _import_float8()[1]
 
 
 def float8_linears(model: nn.Module, *, skip: tuple[str, ...] = ("lm_head",), emulate: bool = False
@@ -35,7 +54,8 @@ def float8_linears(model: nn.Module, *, skip: tuple[str, ...] = ("lm_head",), em
     """Swap the model's `nn.Linear` layers for torchao `Float8Linear` in place.
 
     Layers named in `skip` (by their last name part) and layers whose sizes are not multiples of 16
-    (a float8 matmul requirement) stay in bf16/fp32. `emulate=True` runs the float8 casts with
+    (a float8 matmul requirement) stay in bf16/fp32; a token count that is not a multiple of 16 is
+    padded inside the matmul (`pad_inner_dim`). `emulate=True` runs the float8 casts with
     higher-precision matmuls, so the conversion can be tested on a CPU.
     Returns (names of converted layers, None), or ([], reason) when nothing was converted because
     float8 training cannot run here.
@@ -44,11 +64,10 @@ def float8_linears(model: nn.Module, *, skip: tuple[str, ...] = ("lm_head",), em
         reason = float8_support()
         if reason is not None:
             return [], reason
-    try:
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-    except Exception as exc:
-        return [], f"torchao is not importable ({type(exc).__name__}: {exc}); pip install torchao"
-
+    api, reason = _import_float8()
+    if reason is not None:
+        return [], reason
+    Float8LinearConfig, convert_to_float8_training = api
     converted: list[str] = []
 
     def keep(mod: nn.Module, fqn: str) -> bool:
@@ -59,11 +78,12 @@ def float8_linears(model: nn.Module, *, skip: tuple[str, ...] = ("lm_head",), em
         converted.append(fqn)
         return True
 
-    tied = {name for name, p in model.named_parameters(remove_duplicate=False)}
-    convert_to_float8_training(model, config=Float8LinearConfig(emulate=emulate), module_filter_fn=keep)
-    after = {name for name, p in model.named_parameters(remove_duplicate=False)}
-    if after != tied:  # a swap that renamed parameters would break checkpoints: refuse it loudly
-        raise RuntimeError(f"float8_linears changed parameter names: {sorted(after ^ tied)[:4]}")
+    before = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    config = Float8LinearConfig(emulate=emulate, pad_inner_dim=True)
+    convert_to_float8_training(model, config=config, module_filter_fn=keep)
+    after = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    if after != before:  # a swap that renamed parameters would break checkpoints: refuse it loudly
+        raise RuntimeError(f"float8_linears changed parameter names: {sorted(after ^ before)[:4]}")
     return converted, None
 
 

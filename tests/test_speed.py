@@ -30,7 +30,7 @@ def _tiny(family: str = "gpt2") -> tuple[ModelConfig, GPT]:
     return cfg, GPT(cfg)
 
 
-def _loss_and_grads(model: GPT, ids: torch.Tensor):
+def _loss_and_grads(model: GPT, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss, n = lm_loss_sum(model, ids[:, :-1], ids[:, 1:])
     (loss / n).backward()
@@ -60,6 +60,7 @@ def test_float8_emulated_matches_reference(family):
     # every block linear, never the (tied) head; sizes here are multiples of 16
     expected = {n for n, m in ref.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
     assert set(names) == expected and len(names) == (4 if family == "gpt2" else 5) * cfg.n_layer
+    assert all(type(model.get_submodule(n)).__name__ == "Float8Linear" for n in names)
     assert type(model.lm_head) is torch.nn.Linear
     assert list(model.state_dict()) == list(ref.state_dict())  # checkpoints keep their keys
     if cfg.tie_embeddings:
@@ -74,6 +75,8 @@ def test_float8_emulated_matches_reference(family):
         a, b = g8[f"{name}.weight"].flatten(), g[f"{name}.weight"].flatten()
         assert (a - b).norm() <= 0.2 * b.norm(), name
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.98, name
+        # and the float8 casts are really in the path: a no-op swap would give identical gradients
+        assert (a - b).norm() > 1e-3 * b.norm(), name
 
 
 @pytest.mark.skipif(not HAS_TORCHAO, reason="torchao not installed")
@@ -115,13 +118,35 @@ def test_compiler_tuning_switches_inductor_and_back():
         inductor_config.coordinate_descent_tuning = before
 
 
-def test_pretrain_module_float8_flag_warns_and_trains_without_it(tmp_path):
+def test_pretrain_module_float8_flag_warns_once_and_trains_as_without_it():
     if FLOAT8_GPU:
         pytest.skip("this machine can run float8")
+    import warnings
+
     from modules.pretrain import PretrainModule
 
-    module = PretrainModule(model="gpt2-tiny", model_overrides={"d_model": 64, "n_layer": 1, "n_head": 4},
-                            vocab_size=256, context_length=32, float8=True)
-    with pytest.warns(UserWarning, match="float8: not used"):
-        module.configure_model()
-    assert all(type(m) is torch.nn.Linear for m in module.model.modules() if isinstance(m, torch.nn.Linear))
+    def module(float8: bool) -> PretrainModule:
+        torch.manual_seed(0)
+        return PretrainModule(model="gpt2-tiny", model_overrides={"d_model": 64, "n_layer": 1, "n_head": 4},
+                              vocab_size=256, context_length=32, float8=float8)
+
+    with_flag, without = module(True), module(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with_flag.configure_model()
+        with_flag.configure_model()  # Lightning may call it again: still one warning, one swap
+        without.configure_model()
+    lines = [str(w.message) for w in caught if "float8" in str(w.message)]
+    assert len(lines) == 1 and lines[0].startswith("float8: not used (") and "\n" not in lines[0]
+    assert all(type(m) is torch.nn.Linear for m in with_flag.model.modules() if isinstance(m, torch.nn.Linear))
+    ids = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
+    assert torch.equal(with_flag._loss(batch)[0], without._loss(batch)[0])
+
+
+def test_float8_is_a_pretraining_option_only():
+    from modules.instruction import InstructionModule
+
+    with pytest.raises(TypeError, match="float8"):
+        InstructionModule(model="gpt2-tiny", model_overrides={"d_model": 64, "n_layer": 1, "n_head": 4},
+                          vocab_size=256, context_length=32, float8=True)
