@@ -240,10 +240,10 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        if variant == "trainer" or variant.startswith("trainer+"):
-            t = bench_trainer(cfg, B, T, args, fast=tuple(variant.split("+")[1:]))
-        elif variant == "plain" or variant.startswith("plain+"):
-            t = bench_plain(cfg, B, T, args, fast=tuple(variant.split("+")[1:]))
+        if base_name == "trainer":
+            t = bench_trainer(cfg, B, T, args, fast=tuple(flags))
+        elif base_name == "plain":
+            t = bench_plain(cfg, B, T, args, fast=tuple(flags))
         elif variant == "plain_loader":
             from datamodules.pretrain import PretrainDataModule
 

@@ -39,14 +39,19 @@ def _import_float8():
     return (Float8LinearConfig, convert_to_float8_training), None
 
 
-def float8_support(device: torch.device | str | None = None) -> str | None:
-    """None when float8 training can run here, else one line saying why not."""
+def _float8_hardware(device: torch.device | str | None = None) -> str | None:
+    """None when this machine has float8 tensor cores, else one line saying why not."""
     if not torch.cuda.is_available():
         return "no CUDA device (float8 matmuls need a GPU of compute capability 8.9 or newer)"
     cap = torch.cuda.get_device_capability(device)
     if cap < (8, 9):
         return f"GPU compute capability {cap[0]}.{cap[1]} has no float8 tensor cores (needs 8.9 or newer)"
-    return _import_float8()[1]
+    return None
+
+
+def float8_support(device: torch.device | str | None = None) -> str | None:
+    """None when float8 training can run here, else one line saying why not (hardware first, then torchao)."""
+    return _float8_hardware(device) or _import_float8()[1]
 
 
 def float8_linears(model: nn.Module, *, skip: tuple[str, ...] = ("lm_head",), emulate: bool = False
@@ -60,10 +65,9 @@ def float8_linears(model: nn.Module, *, skip: tuple[str, ...] = ("lm_head",), em
     Returns (names of converted layers, None), or ([], reason) when nothing was converted because
     float8 training cannot run here.
     """
-    if not emulate:
-        reason = float8_support()
-        if reason is not None:
-            return [], reason
+    reason = None if emulate else _float8_hardware()
+    if reason is not None:
+        return [], reason
     api, reason = _import_float8()
     if reason is not None:
         return [], reason
