@@ -45,6 +45,12 @@ class ReasoningEval(L.Callback):
     periodic evaluations run at the multiples of `every_n_steps` from that step on (a check that cannot
     pass before it costs nothing); the runs at fit start and end ignore it. An `EarlyStopping` on such a
     metric needs `strict: false`, since validations before the first evaluation do not have it.
+    With `target` (an accuracy in [0, 1]) each pipeline also logs `..._gap` = |accuracy - target|: a
+    `ModelCheckpoint(monitor=..._gap, mode=min, save_top_k=1)` then keeps the weights closest to that level
+    (a model at a chosen accuracy, whatever step each seed reaches it at; `spine consolidate` turns the kept
+    `.ckpt` into a spine checkpoint). That ModelCheckpoint only warns while the gap is not logged yet
+    (before `start_step`) as long as no validation has run; after a validation Lightning refuses the
+    missing metric, so validate at the end of such a fit (or only after `start_step`).
     """
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
@@ -52,7 +58,7 @@ class ReasoningEval(L.Callback):
                  sampling: SamplingParams = SamplingParams(max_new_tokens=64, stop=("\nQuestion:",)),
                  batch_size: int = 64, every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
                  limit: int | None = None, at_fit_start: bool = False, name: str | None = None,
-                 start_step: int = 0):
+                 start_step: int = 0, target: float | None = None):
         if name is not None and (not name or not all(c.isalnum() or c in "-_" for c in name)):
             raise ValueError(f"ReasoningEval: name must be letters, digits, '-' or '_', got {name!r}")
         self.name = name
@@ -62,6 +68,10 @@ class ReasoningEval(L.Callback):
             raise ValueError(f"ReasoningEval: start_step {start_step} needs every_n_steps > 0 (it delays the "
                              f"periodic evaluations only)")
         self.start_step = start_step
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                                   or not 0.0 <= target <= 1.0):
+            raise ValueError(f"ReasoningEval: target must be an accuracy between 0 and 1, got {target!r}")
+        self.target = target
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
         # a pipeline's own sampling fields override `sampling`: the prompts must fit the largest budget
@@ -122,11 +132,15 @@ class ReasoningEval(L.Callback):
             n_correct, n, tokens, seconds = s.n_correct, s.n, s.total_tokens, s.total_seconds
             acc = n_correct / max(n, 1)
             key = f"reasoning/{self.name}/{label}_acc" if self.name else f"reasoning/{label}_acc"
+            metrics = {key: acc}
+            if self.target is not None:
+                metrics[key.removesuffix("_acc") + "_gap"] = abs(acc - self.target)
             # self.log is not allowed in on_fit_end: write to the loggers directly
-            trainer.callback_metrics[key] = torch.tensor(acc)
+            for k, v in metrics.items():
+                trainer.callback_metrics[k] = torch.tensor(v)
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
-                    logger.log_metrics({key: acc}, step=trainer.global_step)
+                    logger.log_metrics(metrics, step=trainer.global_step)
             self.results.append({"step": trainer.global_step, "pipeline": label, "name": self.name,
                                  "accuracy": acc, "n": int(n),
                                  "tokens_per_problem": tokens / max(n, 1), "seconds_per_problem": seconds / max(n, 1),

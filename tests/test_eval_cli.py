@@ -250,6 +250,55 @@ def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
         ReasoningEval(start_step=5)
 
 
+def test_reasoning_eval_target_keeps_the_weights_closest_to_a_level(tmp_path, monkeypatch):
+    """`target` logs |accuracy - target| beside the accuracy; ModelCheckpoint on that gap (mode min) keeps
+    the step whose accuracy is nearest the level, whatever the curve does before and after it (and only
+    warns at the steps before `start_step`, where the gap is not logged yet), and `spine consolidate` turns
+    that .ckpt into the weights of that step."""
+    import dataclasses
+
+    import callbacks.reasoning_eval as rev
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from spine.checkpoint import load_checkpoint
+
+    real, scripted, weights = rev.evaluate, iter([1, 4, 2, 3, 0, 0]), {}  # correct of 4 at steps 3..8
+
+    def scripted_evaluate(problems, engine, pipeline, **kw):
+        report = real(problems, engine, pipeline, **kw)
+        k = next(scripted)
+        weights[kw["extra"]["global_step"]] = module.model.lm_head.weight.detach().clone()
+        return dataclasses.replace(report, summary=dataclasses.replace(report.summary, n_correct=k, accuracy=k / 4))
+
+    monkeypatch.setattr(rev, "evaluate", scripted_evaluate)
+    torch.manual_seed(0)
+    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
+                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
+    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    level = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=4, every_n_steps=1,
+                          sampling=SamplingParams(max_new_tokens=4, stop=("\nQuestion:",)), at_fit_end=False,
+                          name="level", target=0.6, start_step=3)
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="reasoning/level/greedy_gap", mode="min",
+                           save_top_k=1, every_n_train_steps=1, filename="closest")
+    logger = CSVLogger(tmp_path, name="logs")
+    trainer = L.Trainer(max_steps=8, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=logger,
+                        use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[level, keep])
+    trainer.fit(module, datamodule=dm)
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    gaps = {int(r["step"]): float(r["reasoning/level/greedy_gap"]) for r in rows if r.get("reasoning/level/greedy_gap")}
+    # accuracies 0.25 / 1.0 / 0.5 / 0.75 / 0 / 0 -> gaps to 0.6: 0.35 / 0.4 / 0.1 / 0.15 / 0.6 / 0.6
+    assert gaps == pytest.approx({3: 0.35, 4: 0.4, 5: 0.1, 6: 0.15, 7: 0.6, 8: 0.6})
+    assert float(keep.best_model_score) == pytest.approx(0.1)
+    assert torch.load(keep.best_model_path, weights_only=False, map_location="cpu")["global_step"] == 5
+    assert main(["consolidate", keep.best_model_path, str(tmp_path / "closest")]) == 0
+    model, _ = load_checkpoint(tmp_path / "closest")
+    assert torch.equal(model.lm_head.weight, weights[5]) and not torch.equal(weights[5], weights[8])
+    for bad in (30, True, "0.3"):
+        with pytest.raises(ValueError, match="target must be an accuracy between 0 and 1"):
+            ReasoningEval(target=bad)
+
+
 def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeypatch):
     """`spine validate`'s module on a checkpoint saved without a tokenizer (named instead), twice."""
     traces = tmp_path / "v.jsonl"
