@@ -2,7 +2,9 @@
 # Issue 13's student table on the CPU: three students with a quarter of the teacher's parameters (d=64 x 4,
 # 225K), each first pretrained on the teacher's corpus, then trained on 1,000 training problems three ways:
 # the task's worked solutions (plain SFT), the teacher's correct sampled traces (trace-SFT), and the worked
-# solutions with the teacher's logits (KD). Teacher: a ladder run's GRPO model and its traces.
+# solutions with the teacher's logits (KD). Teacher: a ladder run's GRPO model and its traces, from the plan of
+# commit 9b4fbda (task chain, trace-SFT student: `git show 9b4fbda:configs/ladder/cpu.yaml > /tmp/cpu-chain.yaml;
+# spine ladder --plan /tmp/cpu-chain.yaml`); today's plan writes no teacher traces.
 #   bash bench/distill_students.sh runs/ladder/cpu/seed0 runs/students-seed0
 #   PRETRAIN_STEPS=2400 bash bench/distill_students.sh runs/ladder/cpu/seed0 runs/students-seed0-2400
 # LR=1e-4 sets the fine-tuning lr (default: the stage configs', 3e-3 / distill-kd.yaml's). A student already
@@ -11,6 +13,7 @@ set -eu
 LADDER=${1:-runs/ladder/cpu/seed0}; OUT=${2:-runs/students}; SEED=${SEED:-0}
 STEPS=${PRETRAIN_STEPS:-600}  # 2400 = the teacher's pretraining compute (a quarter of the FLOPs per step)
 TEACHER=$LADDER/grpo/spine/final; TRACES=$LADDER/student/teacher-traces.jsonl
+[ -f "$TRACES" ] || { echo "distill_students: no teacher traces at $TRACES (a ladder run of the 9b4fbda plan writes them)"; exit 2; }
 STUDENT='{"d_model": 64, "n_layer": 4, "n_head": 4, "context_length": 128}'
 PROBLEMS="task:chain:levels=1-6,n=1000,seed=11,split=train"
 HELD="task:chain:levels=5-6,n=400,seed=7,split=eval"

@@ -144,10 +144,11 @@ def test_bad_plans_fail_in_one_line(tmp_path, edit, message):
 def test_shipped_plans_load():
     for size in ("cpu", "gpu", "tiny"):
         plan = load_plan(REPO / "configs" / "ladder" / f"{size}.yaml")
-        assert {"pretrain", "sft", "grpo", "grpo-random", "student"} <= set(plan["models"])
+        assert {"pretrain", "sft", "grpo", "grpo-random", "student", "student-sft"} <= set(plan["models"])
+        assert "student-kd" not in plan["models"]  # the distilled student *is* the logit-KD one
         names = [r["name"] for r in plan["rungs"]]
         assert {"sft-greedy", "sft-sc", "sft-bestofn", "sft-refine", "grpo-greedy", "grpo-sc",
-                "grpo-random-greedy", "student-greedy", "student-sft-greedy", "student-kd-greedy"} <= set(names)
+                "grpo-random-greedy", "student-greedy", "student-sft-greedy"} <= set(names)
 
 
 def test_extends_chain_resolves_each_file_relative_to_itself(tmp_path):
@@ -239,6 +240,30 @@ def test_runner_runs_independent_models_side_by_side(tmp_path, jobs):
     assert m["jobs"] == jobs and m["env"] == {"SPINE_NUM_THREADS": "1"}
     logs = [st["log"] for st in m["steps"]]
     assert len(set(logs)) == len(logs) == 6  # every command its own log, even when they run at once
+
+
+def test_runner_starts_a_ready_model_before_a_ready_rung(tmp_path):
+    """With one slot free, a fit that later commands wait for goes before an evaluation that nothing waits
+    for: `a` finishes while `b` holds the other slot, and `c` (a's child) starts before `a-greedy`. `b` holds
+    its slot until `a-greedy` has started, so the order is forced, not timed."""
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(PARALLEL_PLAN.format(jobs=2))
+    started: list[str] = []
+    greedy_started = threading.Event()
+
+    class Ordered(FakeSpine):
+        def __call__(self, argv, log, env=None):
+            key = Path(argv[argv.index("--out") + 1]).parent.name if "--out" in argv else Path(argv[-1]).stem
+            started.append(key)
+            if key == "a-greedy":
+                greedy_started.set()
+            if key == "b":
+                assert greedy_started.wait(timeout=30)
+            return super().__call__(argv, log, env)
+
+    m = run_ladder(load_plan(plan_file), seed=0, out=tmp_path / "run", execute=Ordered(), repo=REPO, log=lambda s: None)
+    assert all(v["status"] == "ok" for v in m["models"].values()) and all(r["status"] == "ok" for r in m["rungs"])
+    assert started.index("c") < started.index("a-greedy")
 
 
 RESUME_PLAN = """

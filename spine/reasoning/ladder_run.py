@@ -21,7 +21,8 @@ Plan keys:
     targets: [{name, rung, baseline, min_gain | max_gain | min_ratio}]
     jobs: how many commands may run at once (default 1). A model starts once every model it reads
           (parents, teacher, `{ckpt:...}`) has finished, a rung once its model has; among the ready
-          ones the first in plan order goes first, so `jobs: 1` runs the plan's order exactly
+          ones models go before rungs (the fits are what later commands wait for), each in plan
+          order; `jobs: 1` runs the plan's order exactly
     env: {NAME: value} added to every command's environment (e.g. SPINE_NUM_THREADS: 1, so a run's
          numbers do not depend on the machine's core count or on what runs beside it)
 
@@ -292,7 +293,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
             _write_manifest(run, manifest)
 
     # units in plan order (a model, then its rungs); each starts once the models it reads are finished,
-    # at most `jobs` at a time, the first ready one first -- with jobs: 1 exactly the plan's order
+    # at most `jobs` at a time, ready models before ready rungs -- with jobs: 1 exactly the plan's order
     units: list[tuple[str, Any]] = []
     for name in plan["models"]:
         units.append(("model", name))
@@ -316,7 +317,10 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
     pending, running = list(units), {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            for u in [u for u in pending if deps[u] <= finished][:jobs - len(running)]:
+            ready = [u for u in pending if deps[u] <= finished]
+            if jobs > 1:  # models before rungs: a fit others wait for should not queue behind an evaluation
+                ready.sort(key=lambda u: u[0] != "model")
+            for u in ready[:jobs - len(running)]:
                 pending.remove(u)
                 running[pool.submit(guarded, u)] = u
             if not running:
