@@ -1,6 +1,6 @@
 #!/bin/bash
 # The GPU substrate at a level, over seeds: configs/substrate-gpu-level.yaml (the CPU substrate's recipe on CUDA,
-# keeping the weights closest to 30% on 2,000 training-split level-6 problems) -> `spine consolidate` -> greedy
+# keeping the weights closest to 30% on 1,000 training-split level-6 problems) -> `spine consolidate` -> greedy
 # on the CPU substrate's held-out levels 4-6 (2,000 each), one run per seed side by side on one GPU.
 # Run from the repo root on the device machine with `.whl` carried; writes OUT/substrate-level.tgz.
 #   bash bench/gpu_substrate_level.sh "0 1 2" [limit_s]
@@ -17,7 +17,7 @@ one() {  # seed
     $SP consolidate "$D/runs/$NAME/ckpt/closest.ckpt" "$D/final" &&
     timeout $((LIMIT - SECONDS - 15 > 1 ? LIMIT - SECONDS - 15 : 1)) $SP eval --checkpoint "$D/final" \
       --problems "task:chain:levels=4-6,n=6000,seed=7,split=eval" --template synthetic \
-      --sampling.max_new_tokens 80 --batch_size 500 --device cuda --traces "$D/heldout-greedy.jsonl" | tail -n 6; } > "$R/seed$1.log" 2>&1
+      --sampling.max_new_tokens 80 --batch_size 1000 --device cuda --traces "$D/heldout-greedy.jsonl" | tail -n 6; } > "$R/seed$1.log" 2>&1
   echo "rc=$? seed$1 ${SECONDS}s" >> "$R/rc.txt"
 }
 for s in $1; do one "$s" & done; wait
@@ -38,5 +38,5 @@ PY
 done
 # summary: the level-selected GPU substrate over seeds, side by side on one GPU
 # cpu: not measured (a GPU recipe)
-# gpu: cut near step 490 of 900 with six seeds side by side (H200, 2026-12-03; bench/RESULTS.md section 17)
+# gpu: H200, 2026-12-03, seeds "0 1 2": 290 s; held-out level 6 31.9 / 25.3 / 31.3% (bench/RESULTS.md section 18)
 # memory: not measured

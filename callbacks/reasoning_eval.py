@@ -50,7 +50,10 @@ class ReasoningEval(L.Callback):
     (a model at a chosen accuracy, whatever step each seed reaches it at; `spine consolidate` turns the kept
     `.ckpt` into a spine checkpoint). That ModelCheckpoint only warns while the gap is not logged yet
     (before `start_step`) as long as no validation has run; after a validation Lightning refuses the
-    missing metric, so validate at the end of such a fit (or only after `start_step`).
+    missing metric, so validate at the end of such a fit (or only after `start_step`). `stop_above`: the
+    fit stops after a periodic check where a pipeline's accuracy reaches it (Lightning's EarlyStopping
+    with a `stopping_threshold` reads metrics at validation, and validating before `start_step` is what
+    that ModelCheckpoint cannot have): a run that only looks for a level need not train on past it.
     """
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
@@ -58,7 +61,7 @@ class ReasoningEval(L.Callback):
                  sampling: SamplingParams = SamplingParams(max_new_tokens=64, stop=("\nQuestion:",)),
                  batch_size: int = 64, every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
                  limit: int | None = None, at_fit_start: bool = False, name: str | None = None,
-                 start_step: int = 0, target: float | None = None):
+                 start_step: int = 0, target: float | None = None, stop_above: float | None = None):
         if name is not None and (not name or not all(c.isalnum() or c in "-_" for c in name)):
             raise ValueError(f"ReasoningEval: name must be letters, digits, '-' or '_', got {name!r}")
         self.name = name
@@ -72,6 +75,11 @@ class ReasoningEval(L.Callback):
                                    or not 0.0 <= target <= 1.0):
             raise ValueError(f"ReasoningEval: target must be an accuracy between 0 and 1, got {target!r}")
         self.target = target
+        if stop_above is not None and (isinstance(stop_above, bool) or not isinstance(stop_above, (int, float))
+                                       or not 0.0 <= stop_above <= 1.0 or not every_n_steps):
+            raise ValueError(f"ReasoningEval: stop_above must be an accuracy between 0 and 1 with every_n_steps > 0, "
+                             f"got {stop_above!r} (every_n_steps {every_n_steps})")
+        self.stop_above = stop_above
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
         # a pipeline's own sampling fields override `sampling`: the prompts must fit the largest budget
@@ -183,6 +191,13 @@ class ReasoningEval(L.Callback):
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step >= self.start_step and step % self.every_n_steps == 0:
             self._run(trainer, pl_module)
+            if self.stop_above is not None:
+                # the accuracies are the whole (gathered) set's, so every rank stops at the same step
+                reached = [r for r in self.results if r["step"] == step and r["accuracy"] >= self.stop_above]
+                if reached:
+                    trainer.should_stop = True
+                    emit(trainer, f"[reasoning eval @ step {step}] {reached[0]['pipeline']} accuracy "
+                                  f"{reached[0]['accuracy']:.3f} >= stop_above {self.stop_above}: stopping the fit")
 
     def on_fit_end(self, trainer, pl_module):
         if self.at_fit_end:

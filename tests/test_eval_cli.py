@@ -299,6 +299,40 @@ def test_reasoning_eval_target_keeps_the_weights_closest_to_a_level(tmp_path, mo
             ReasoningEval(target=bad)
 
 
+def test_reasoning_eval_stop_above_ends_the_fit_at_the_first_check_that_reaches_it(tmp_path, monkeypatch):
+    """`stop_above` stops the fit after the first periodic check at or above it (no validation needed,
+    so it works beside the closest-level ModelCheckpoint); bad values are refused in one line."""
+    import dataclasses
+
+    import callbacks.reasoning_eval as rev
+
+    real, scripted, seen = rev.evaluate, iter([1, 2, 3, 4, 4]), []  # correct of 4 at steps 2, 4, 6, ...
+
+    def scripted_evaluate(problems, engine, pipeline, **kw):
+        report = real(problems, engine, pipeline, **kw)
+        k = next(scripted)
+        seen.append(kw["extra"]["global_step"])
+        return dataclasses.replace(report, summary=dataclasses.replace(report.summary, n_correct=k, accuracy=k / 4))
+
+    monkeypatch.setattr(rev, "evaluate", scripted_evaluate)
+    torch.manual_seed(0)
+    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
+                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
+    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    level = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=4, every_n_steps=2,
+                          sampling=SamplingParams(max_new_tokens=4, stop=("\nQuestion:",)), at_fit_end=False,
+                          name="level", stop_above=0.7)
+    trainer = L.Trainer(max_steps=20, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
+                        use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, limit_val_batches=0, callbacks=[level])
+    trainer.fit(module, datamodule=dm)
+    # accuracies 0.25 / 0.5 / 0.75 at steps 2 / 4 / 6: the fit ends at step 6, and nothing is checked after it
+    assert trainer.global_step == 6 and seen == [2, 4, 6]
+    for bad, every in ((1.5, 1), (True, 1), (0.5, 0)):
+        with pytest.raises(ValueError, match="stop_above must be an accuracy between 0 and 1"):
+            ReasoningEval(stop_above=bad, every_n_steps=every)
+
+
 def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeypatch):
     """`spine validate`'s module on a checkpoint saved without a tokenizer (named instead), twice."""
     traces = tmp_path / "v.jsonl"
