@@ -53,7 +53,8 @@ class ReasoningEval(L.Callback):
     missing metric, so validate at the end of such a fit (or only after `start_step`). `stop_above`: the
     fit stops after a periodic check where a pipeline's accuracy reaches it (Lightning's EarlyStopping
     with a `stopping_threshold` reads metrics at validation, and validating before `start_step` is what
-    that ModelCheckpoint cannot have): a run that only looks for a level need not train on past it.
+    that ModelCheckpoint cannot have): a run that only looks for a level need not train on past it. Under
+    `min_steps` / `min_epochs` Lightning keeps training until they are met and stops right after.
     """
 
     def __init__(self, problems: str = "synthetic:level=1,n=100,seed=123,split=eval",
@@ -76,9 +77,11 @@ class ReasoningEval(L.Callback):
             raise ValueError(f"ReasoningEval: target must be an accuracy between 0 and 1, got {target!r}")
         self.target = target
         if stop_above is not None and (isinstance(stop_above, bool) or not isinstance(stop_above, (int, float))
-                                       or not 0.0 <= stop_above <= 1.0 or not every_n_steps):
-            raise ValueError(f"ReasoningEval: stop_above must be an accuracy between 0 and 1 with every_n_steps > 0, "
-                             f"got {stop_above!r} (every_n_steps {every_n_steps})")
+                                       or not 0.0 <= stop_above <= 1.0):
+            raise ValueError(f"ReasoningEval: stop_above must be an accuracy between 0 and 1, got {stop_above!r}")
+        if stop_above is not None and every_n_steps < 1:
+            raise ValueError(f"ReasoningEval: stop_above {stop_above} needs every_n_steps > 0 (it acts on the "
+                             f"periodic checks only), got every_n_steps {every_n_steps}")
         self.stop_above = stop_above
         self.source = problems
         self.pipeline_specs = [dict(s) for s in (pipelines or [{"name": "greedy"}])]
@@ -190,10 +193,12 @@ class ReasoningEval(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step >= self.start_step and step % self.every_n_steps == 0:
+            before = len(self.results)
             self._run(trainer, pl_module)
             if self.stop_above is not None:
-                # the accuracies are the whole (gathered) set's, so every rank stops at the same step
-                reached = [r for r in self.results if r["step"] == step and r["accuracy"] >= self.stop_above]
+                # only this check's results (not a previous fit's at the same step); the accuracies are the whole
+                # (gathered) set's, so every rank stops at the same step
+                reached = [r for r in self.results[before:] if r["accuracy"] >= self.stop_above]
                 if reached:
                     trainer.should_stop = True
                     emit(trainer, f"[reasoning eval @ step {step}] {reached[0]['pipeline']} accuracy "

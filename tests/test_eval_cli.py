@@ -250,19 +250,14 @@ def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
         ReasoningEval(start_step=5)
 
 
-def test_reasoning_eval_target_keeps_the_weights_closest_to_a_level(tmp_path, monkeypatch):
-    """`target` logs |accuracy - target| beside the accuracy; ModelCheckpoint on that gap (mode min) keeps
-    the step whose accuracy is nearest the level, whatever the curve does before and after it (and only
-    warns at the steps before `start_step`, where the gap is not logged yet), and `spine consolidate` turns
-    that .ckpt into the weights of that step."""
+def _scripted_accuracy_fit(tmp_path, monkeypatch, correct_of_4):
+    """A tiny byte-level pretraining setup whose ReasoningEval checks report `correct_of_4[i]` / 4 at the
+    i-th check (the real evaluation still runs). Returns (data module, module, {step: lm_head weight})."""
     import dataclasses
 
     import callbacks.reasoning_eval as rev
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from spine.checkpoint import load_checkpoint
-
-    real, scripted, weights = rev.evaluate, iter([1, 4, 2, 3, 0, 0]), {}  # correct of 4 at steps 3..8
+    real, scripted, weights = rev.evaluate, iter(correct_of_4), {}
 
     def scripted_evaluate(problems, engine, pipeline, **kw):
         report = real(problems, engine, pipeline, **kw)
@@ -275,6 +270,19 @@ def test_reasoning_eval_target_keeps_the_weights_closest_to_a_level(tmp_path, mo
     dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
                             synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
     module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    return dm, module, weights
+
+
+def test_reasoning_eval_target_keeps_the_weights_closest_to_a_level(tmp_path, monkeypatch):
+    """`target` logs |accuracy - target| beside the accuracy; ModelCheckpoint on that gap (mode min) keeps
+    the step whose accuracy is nearest the level, whatever the curve does before and after it (and only
+    warns at the steps before `start_step`, where the gap is not logged yet), and `spine consolidate` turns
+    that .ckpt into the weights of that step."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from spine.checkpoint import load_checkpoint
+
+    dm, module, weights = _scripted_accuracy_fit(tmp_path, monkeypatch, [1, 4, 2, 3, 0, 0])  # steps 3..8
     level = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=4, every_n_steps=1,
                           sampling=SamplingParams(max_new_tokens=4, stop=("\nQuestion:",)), at_fit_end=False,
                           name="level", target=0.6, start_step=3)
@@ -300,37 +308,33 @@ def test_reasoning_eval_target_keeps_the_weights_closest_to_a_level(tmp_path, mo
 
 
 def test_reasoning_eval_stop_above_ends_the_fit_at_the_first_check_that_reaches_it(tmp_path, monkeypatch):
-    """`stop_above` stops the fit after the first periodic check at or above it (no validation needed,
-    so it works beside the closest-level ModelCheckpoint); bad values are refused in one line."""
-    import dataclasses
+    """`stop_above` stops the fit after the first periodic check at or above it, without validation, so it
+    works beside the closest-level ModelCheckpoint (whose gap is missing before `start_step`) even with the
+    validation Lightning runs at the stop; bad values are refused in one line."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    import callbacks.reasoning_eval as rev
-
-    real, scripted, seen = rev.evaluate, iter([1, 2, 3, 4, 4]), []  # correct of 4 at steps 2, 4, 6, ...
-
-    def scripted_evaluate(problems, engine, pipeline, **kw):
-        report = real(problems, engine, pipeline, **kw)
-        k = next(scripted)
-        seen.append(kw["extra"]["global_step"])
-        return dataclasses.replace(report, summary=dataclasses.replace(report.summary, n_correct=k, accuracy=k / 4))
-
-    monkeypatch.setattr(rev, "evaluate", scripted_evaluate)
-    torch.manual_seed(0)
-    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
-                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
-    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    dm, module, weights = _scripted_accuracy_fit(tmp_path, monkeypatch, [1, 2, 3, 4, 4])  # steps 4, 6, 8, ...
+    # stop_above equal to an accuracy reached: the comparison is >=
     level = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=4, every_n_steps=2,
                           sampling=SamplingParams(max_new_tokens=4, stop=("\nQuestion:",)), at_fit_end=False,
-                          name="level", stop_above=0.7)
+                          name="level", target=0.5, start_step=4, stop_above=0.75)
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="reasoning/level/greedy_gap", mode="min",
+                           save_top_k=1, every_n_train_steps=2, filename="closest")
     trainer = L.Trainer(max_steps=20, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
                         use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, limit_val_batches=0, callbacks=[level])
+                        val_check_interval=20, check_val_every_n_epoch=None, limit_val_batches=1,
+                        num_sanity_val_steps=0, callbacks=[level, keep])
     trainer.fit(module, datamodule=dm)
-    # accuracies 0.25 / 0.5 / 0.75 at steps 2 / 4 / 6: the fit ends at step 6, and nothing is checked after it
-    assert trainer.global_step == 6 and seen == [2, 4, 6]
-    for bad, every in ((1.5, 1), (True, 1), (0.5, 0)):
+    # accuracies 0.25 / 0.5 / 0.75 at steps 4 / 6 / 8: the fit ends at step 8, nothing is checked after it,
+    # and the weights kept are step 6's (gap 0), not the stop step's
+    assert trainer.global_step == 8 and sorted(weights) == [4, 6, 8]
+    assert torch.load(keep.best_model_path, weights_only=False, map_location="cpu")["global_step"] == 6
+    for bad in (1.5, True, "0.5"):
         with pytest.raises(ValueError, match="stop_above must be an accuracy between 0 and 1"):
-            ReasoningEval(stop_above=bad, every_n_steps=every)
+            ReasoningEval(stop_above=bad, every_n_steps=1)
+    for every in (0, -1):
+        with pytest.raises(ValueError, match="stop_above 0.5 needs every_n_steps > 0"):
+            ReasoningEval(stop_above=0.5, every_n_steps=every)
 
 
 def test_eval_module_resumes_and_counts_resumed_verdicts(ckpt, tmp_path, monkeypatch):
