@@ -72,13 +72,11 @@ class ReasoningEval(L.Callback):
             raise ValueError(f"ReasoningEval: start_step {start_step} needs every_n_steps > 0 (it delays the "
                              f"periodic evaluations only)")
         self.start_step = start_step
-        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
-                                   or not 0.0 <= target <= 1.0):
-            raise ValueError(f"ReasoningEval: target must be an accuracy between 0 and 1, got {target!r}")
+        for field, value in (("target", target), ("stop_above", stop_above)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= value <= 1.0):
+                raise ValueError(f"ReasoningEval: {field} must be an accuracy between 0 and 1, got {value!r}")
         self.target = target
-        if stop_above is not None and (isinstance(stop_above, bool) or not isinstance(stop_above, (int, float))
-                                       or not 0.0 <= stop_above <= 1.0):
-            raise ValueError(f"ReasoningEval: stop_above must be an accuracy between 0 and 1, got {stop_above!r}")
         if stop_above is not None and every_n_steps < 1:
             raise ValueError(f"ReasoningEval: stop_above {stop_above} needs every_n_steps > 0 (it acts on the "
                              f"periodic checks only), got every_n_steps {every_n_steps}")
