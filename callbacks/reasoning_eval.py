@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from spine.distributed import unsharded_copy
-from spine.reasoning.evaluate import evaluate, evaluate_sharded
+from spine.reasoning.evaluate import chunk_size_for, evaluate, evaluate_sharded
 from spine.params import SamplingParams
 from spine.reasoning.pipelines import ProblemEngine, make_pipeline
 from spine.reasoning.problems import load_problems, validate_problems
@@ -136,8 +136,8 @@ class ReasoningEval(L.Callback):
                                      gather=_all_gather_object, broadcast=trainer.strategy.broadcast,
                                      trace_path=path, source=self.source, extra=extra)
             else:
-                s = evaluate(self._problems, engine, pipeline, trace_path=path, source=self.source,
-                             extra=extra).summary
+                s = evaluate(self._problems, engine, pipeline, trace_path=path, source=self.source, extra=extra,
+                             chunk_size=chunk_size_for(self.engine_args["batch_size"], pipeline.sampling.n)).summary
             n_correct, n, tokens, seconds = s.n_correct, s.n, s.total_tokens, s.total_seconds
             acc = n_correct / max(n, 1)
             key = f"reasoning/{self.name}/{label}_acc" if self.name else f"reasoning/{label}_acc"

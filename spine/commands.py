@@ -253,7 +253,7 @@ def eval_(
         tokenizer: tokenizer name or directory, for checkpoints saved without one.
     """
     from .engine import hf_path
-    from .reasoning.evaluate import checkpoint_identity, evaluate, run_config, source_identity
+    from .reasoning.evaluate import checkpoint_identity, chunk_size_for, evaluate, run_config, source_identity
     from .reasoning.pipelines import ProblemEngine, make_pipeline, pipeline_options
     from .reasoning.problems import load_problems, validate_problems
     from .reasoning.prompts import render_prompt
@@ -301,7 +301,7 @@ def eval_(
 
     progress = ProgressLine("[spine eval]", unit="problems")
     report = evaluate(probs, engine, pipe, trace_path=traces, source=source, checkpoint_sha256=sha, extra=extra,
-                      chunk_size=max(1, batch_size * 4 // params.n), progress=progress)
+                      chunk_size=chunk_size_for(batch_size, params.n), progress=progress)
     resumed = f", {report.skipped} resumed from the trace file" if report.skipped else ""
     bound = " (oracle: an upper bound, not a method)" if getattr(getattr(pipe, "scorer", None), "upper_bound", False) else ""
     print(f"{checkpoint} | {problems} | {label}{bound}, temperature {params.temperature} | {len(probs)} problems{resumed}")

@@ -180,6 +180,36 @@ def test_reasoning_eval_callback_during_fit(tmp_path):
     assert callback.results[0]["accuracy"] == sum(r.correct for r in greedy) / 4
 
 
+def test_reasoning_eval_fills_its_batch_before_decoding(tmp_path, monkeypatch):
+    # a check decodes its problems in as few generate calls as its batch allows: 70 problems at batch 200
+    # in one call (chunks of 64 made two), sc with n=2 at batch 8 in chunks of 16 problems (5 calls)
+    from spine.engine import Engine
+
+    calls = []
+    real = Engine.generate
+
+    def counting(self, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", counting)
+    torch.manual_seed(0)
+    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
+                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
+    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    sampling = SamplingParams(max_new_tokens=4, stop=("\nQuestion:",))
+    wide = ReasoningEval(problems="synthetic:level=1,n=100,seed=7,split=eval", limit=70, sampling=sampling,
+                         batch_size=200, name="wide")
+    narrow = ReasoningEval(problems="synthetic:level=1,n=100,seed=7,split=eval", limit=70, sampling=sampling,
+                           batch_size=8, name="narrow", pipelines=[{"name": "sc", "n": 2, "temperature": 1.0}])
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
+                        use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[wide, narrow])
+    trainer.fit(module, datamodule=dm)
+    assert calls == [70] + [16, 16, 16, 16, 6]
+    assert wide.results[0]["n"] == narrow.results[0]["n"] == 70
+
+
 def test_reasoning_eval_refuses_prompts_that_do_not_fit_before_the_first_step(tmp_path):
     """The pipelines would cut such prompts from the left (scoring the model on cut questions); the callback
     refuses them in one line that names the source and the sizes, before any training step runs."""

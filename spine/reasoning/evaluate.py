@@ -190,6 +190,16 @@ def summarize_traces(records: Iterable[TraceRecord], problem_ids: Iterable[str] 
     return summarize(records)
 
 
+def chunk_size_for(batch_size: int, n: int) -> int:
+    """Problems per `evaluate` chunk for an engine of `batch_size` rows and `n` samples per problem.
+
+    Each chunk is one generate call, decoded to its longest completion, so a chunk smaller than the
+    engine's batch leaves rows idle and multiplies the decode steps (200 problems at batch 200 in
+    chunks of 64 take four 112-token decodes instead of one). Four batches' worth of rows per chunk
+    keeps the batch full while a resumed run loses at most that much."""
+    return max(1, batch_size * 4 // max(1, n))
+
+
 def evaluate(
     problems: Sequence[Problem],
     engine: ProblemEngine,
