@@ -152,11 +152,17 @@ def test_validate_with_the_eval_config(ckpt, tmp_path):
     assert float(rows[0]["val_acc"]) == pytest.approx(sum(r.correct for r in records) / 6)
 
 
-def test_reasoning_eval_callback_during_fit(tmp_path):
+def _tiny_lm(tmp_path):
+    """A seeded tiny byte-level GPT and its synthetic level-1 data: the fits the ReasoningEval tests run."""
     torch.manual_seed(0)
     dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
                             synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
     module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    return dm, module
+
+
+def test_reasoning_eval_callback_during_fit(tmp_path):
+    dm, module = _tiny_lm(tmp_path)
     callback = ReasoningEval(problems="synthetic:level=1,n=50,seed=7,split=eval", limit=4,
                              sampling=SamplingParams(max_new_tokens=8, stop=("\nQuestion:",)),
                              pipelines=[{"name": "greedy"}, {"name": "sc", "n": 2, "temperature": 1.0}])
@@ -193,10 +199,7 @@ def test_reasoning_eval_fills_its_batch_before_decoding(tmp_path, monkeypatch):
         return real(self, prompts, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "generate", counting)
-    torch.manual_seed(0)
-    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
-                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
-    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    dm, module = _tiny_lm(tmp_path)
     sampling = SamplingParams(max_new_tokens=4, stop=("\nQuestion:",))
     wide = ReasoningEval(problems="synthetic:level=1,n=100,seed=7,split=eval", limit=70, sampling=sampling,
                          batch_size=200, name="wide")
@@ -246,10 +249,7 @@ def test_named_reasoning_evals_keep_apart_and_stop_a_fit_at_the_check(tmp_path):
     EarlyStopping on the check's metric ends the fit at the validation of the step the check ran."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    torch.manual_seed(0)
-    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
-                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
-    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    dm, module = _tiny_lm(tmp_path)
     sampling = SamplingParams(max_new_tokens=4, stop=("\nQuestion:",))
     check = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=3, sampling=sampling,
                           every_n_steps=2, at_fit_end=False, name="check", start_step=4)
@@ -296,10 +296,7 @@ def _scripted_accuracy_fit(tmp_path, monkeypatch, correct_of_4):
         return dataclasses.replace(report, summary=dataclasses.replace(report.summary, n_correct=k, accuracy=k / 4))
 
     monkeypatch.setattr(rev, "evaluate", scripted_evaluate)
-    torch.manual_seed(0)
-    dm = PretrainDataModule(source="synthetic", tokenizer="byte", context_length=128, batch_size=4,
-                            synthetic_problems=200, synthetic_levels=[1], cache_dir=str(tmp_path / "cache"))
-    module = PretrainModule(model="gpt2-tiny", vocab_size=dm.vocab_size, context_length=128, pad_id=dm.pad_id)
+    dm, module = _tiny_lm(tmp_path)
     return dm, module, weights
 
 
