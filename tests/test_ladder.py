@@ -135,6 +135,41 @@ def test_markdown_rows_targets_and_notes(tmp_path):
     assert png.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_rung_against_baseline_problem_by_problem(tmp_path):
+    run = make_run(tmp_path / "run")
+    rep = L.run_report(run)
+    sc, g = rep.row("sft-sc").stats, rep.row("sft-greedy").stats
+    # level 2: sc's finals right, right, wrong, wrong; greedy's right, wrong, wrong, wrong
+    p = L.paired(sc, g, "2", ("sft-sc", "sft-greedy"))
+    assert (p.problems, p.both, p.fixed, p.broken, p.neither) == (4, 1, 1, 0, 2)
+    # sc's level-2 samples (a non-final sample's verdict is the opposite of its problem's final one in make_run):
+    # [T, F], [F, T, F], [F, T, T], [F, T, T] -> 6 of 11 right, 2.75 per problem
+    assert p.sample_acc == pytest.approx(100 * 6 / 11) and p.samples_per_problem == pytest.approx(11 / 4)
+    # a greedy rung draws one sample per problem: no sample column
+    q = L.paired(rep.row("grpo-greedy").stats, g, "2", ("grpo-greedy", "sft-greedy"))
+    assert (q.both, q.fixed, q.broken, q.neither, q.sample_acc) == (1, 1, 0, 2, None)
+    assert L.paired(sc, g, "9", ("sft-sc", "sft-greedy")) is None
+    md = write_report([run])[0].read_text()
+    assert "| sft-sc vs sft-greedy | 4 | 1 | 1 | 0 | 2 | +1 | 54.5% of 2.8 per problem (baseline's answers: 25.0%) |" in md
+    # one line per distinct pair, although two targets compare grpo-greedy with sft-greedy
+    assert sum(line.startswith("| grpo-greedy vs sft-greedy |") for line in md.splitlines()) == 1
+
+
+def test_plot_marks_each_method_and_colours_each_model(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from spine.reasoning.ladder_render import render_png
+    calls = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, *a, **kw: calls.append(kw) or real(self, *a, **kw))
+    render_png([L.run_report(make_run(tmp_path / "run"))], tmp_path / "p.png")
+    by = {kw["label"]: kw for kw in calls[:3]}  # the first panel: sft-greedy, sft-sc, grpo-greedy
+    assert by["sft-greedy"]["fmt"] != by["sft-sc"]["fmt"]            # greedy vs sc: two markers
+    assert by["sft-greedy"]["fmt"] == by["grpo-greedy"]["fmt"]       # one method, one marker
+    assert by["sft-greedy"]["color"] == by["sft-sc"]["color"] != by["grpo-greedy"]["color"]  # one model, one colour
+
+
 def test_student_share_of_teacher_parameters(tmp_path):
     run = make_run(tmp_path / "run", models_extra={"student": {
         "parent": "grpo", "teacher": "grpo", "checkpoint": "student/spine/final", "status": "ok", "seconds": 1.0}})

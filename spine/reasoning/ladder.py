@@ -35,8 +35,8 @@ from typing import Callable, Iterable, Sequence
 from ..traces import TraceRecord, final_records, read_traces, wilson_interval
 
 __all__ = ["MANIFEST", "FORMAT", "ALL", "LevelStat", "RungStats", "Row", "RunReport", "Spread", "AggRow",
-           "TargetResult", "read_manifest", "inside", "rung_stats", "count_parameters", "run_report", "aggregate",
-           "evaluate_targets"]
+           "TargetResult", "Paired", "paired", "read_manifest", "inside", "rung_stats", "count_parameters",
+           "run_report", "aggregate", "evaluate_targets"]
 
 MANIFEST = "ladder.json"
 FORMAT = "spine-ladder/1"
@@ -103,6 +103,11 @@ class RungStats:
     no_answer: float                   # % of problems whose final record has no extracted answer
     truncated: float                   # % of problems whose final sample hit the token limit
     problems: int
+    outcomes: dict[str, bool] = field(default_factory=dict)     # problem_id -> the final answer's verdict
+    level_of: dict[str, str] = field(default_factory=dict)      # problem_id -> level
+    # per level and ALL: the verdicts of every drawn sample (a vote's final record carries the chosen answer,
+    # which is its own sample's answer, so its verdict is that sample's too)
+    samples: dict[str, LevelStat] = field(default_factory=dict)
 
 
 def _level_key(v: str) -> tuple[int, float, str]:
@@ -132,7 +137,46 @@ def rung_stats(records: Sequence[TraceRecord]) -> RungStats:
     tokens = sum(int(r.tokens) for r in records if r.sample_index >= 0)
     no_answer = sum(f.extracted is None for f in finals.values())
     truncated = sum(f.metadata.get("finish_reason") == "length" for f in finals.values())
-    return RungStats({k: levels[k] for k in order}, tokens / n, 100.0 * no_answer / n, 100.0 * truncated / n, n)
+    samples: dict[str, LevelStat] = {}
+    for r in records:
+        if r.sample_index < 0 or r.correct is None:
+            continue
+        for key in {level_of.get(r.problem_id), ALL} - {None}:
+            st = samples.setdefault(key, LevelStat(0, 0))
+            st.n += 1
+            st.k += bool(r.correct)
+    return RungStats({k: levels[k] for k in order}, tokens / n, 100.0 * no_answer / n, 100.0 * truncated / n, n,
+                     {pid: bool(f.correct) for pid, f in finals.items()}, level_of, samples)
+
+
+@dataclass
+class Paired:
+    """One rung against another, problem by problem, on one level: where they agree and where not."""
+
+    rung: str
+    baseline: str
+    problems: int        # problems of that level both rungs answered
+    both: int            # both right
+    fixed: int           # baseline wrong, rung right
+    broken: int          # baseline right, rung wrong
+    neither: int
+    samples_per_problem: float      # samples the rung drew per problem (votes, candidates, rounds)
+    sample_acc: float | None        # % of the rung's samples that are right (None when it drew one per problem)
+
+
+def paired(a: RungStats, b: RungStats, level: str, names: tuple[str, str]) -> Paired | None:
+    """Rung `a` against baseline `b` on the problems of `level` (ALL: every shared problem) they both
+    answered; None when they share none."""
+    pids = [p for p in a.outcomes if p in b.outcomes and (level == ALL or a.level_of.get(p) == level)]
+    if not pids:
+        return None
+    cells = {(x, y): 0 for x in (True, False) for y in (True, False)}
+    for p in pids:
+        cells[(a.outcomes[p], b.outcomes[p])] += 1
+    st = a.samples.get(level)
+    per = st.n / sum(1 for p in a.outcomes if level == ALL or a.level_of.get(p) == level) if st else 1.0
+    return Paired(names[0], names[1], len(pids), cells[(True, True)], cells[(True, False)], cells[(False, True)],
+                  cells[(False, False)], per, st.acc if st and per > 1 else None)
 
 
 def count_parameters(checkpoint: Path) -> int:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .ladder import ALL, AggRow, Row, RunReport, Spread, TargetResult, aggregate, evaluate_targets, run_report
+from .ladder import ALL, AggRow, Row, RunReport, Spread, TargetResult, aggregate, evaluate_targets, paired, run_report
 
 __all__ = ["render_markdown", "render_png", "write_report"]
 
@@ -108,13 +108,40 @@ def _students(rep: RunReport) -> list[str]:
     return (["## Students", ""] + out + [""]) if out else []
 
 
+def _paired_lines(rep: RunReport) -> list[str]:
+    """Each target's rung against its baseline, problem by problem on the harder level: how many problems
+    the rung fixed and broke, and how often its own samples are right (a vote follows its samples: when
+    they are right less often than the baseline's answers, the vote cannot beat the baseline)."""
+    seen, out = set(), []
+    for t in rep.manifest.get("targets", []):
+        pair = (str(t.get("rung")), str(t.get("baseline")))
+        a, b = rep.row(pair[0]), rep.row(pair[1])
+        if pair in seen or a is None or b is None or a.stats is None or b.stats is None:
+            continue
+        seen.add(pair)
+        p = paired(a.stats, b.stats, rep.harder, pair)
+        if p is None:
+            continue
+        base_acc = 100.0 * (p.both + p.broken) / p.problems
+        samples = ("–" if p.sample_acc is None else
+                   f"{p.sample_acc:.1f}% of {p.samples_per_problem:.1f} per problem (baseline's answers: {base_acc:.1f}%)")
+        out.append(f"| {p.rung} vs {p.baseline} | {p.problems} | {p.both} | {p.fixed} | {p.broken} | {p.neither} "
+                   f"| {p.fixed - p.broken:+d} | {samples} |")
+    if not out:
+        return []
+    return [f"Each target's rung against its baseline, problem by problem (level {rep.harder}): a vote follows "
+            "its samples, so where they are right less often than the baseline's answers it cannot beat them.", "",
+            "| rung vs baseline | problems | both right | fixed | broken | both wrong | net | rung's samples right |",
+            "|---|---:|---:|---:|---:|---:|---:|---|", *out, ""]
+
+
 def _diagnostics(rep: RunReport) -> list[str]:
     out = ["## What the traces show", "",
            "| rung | problems | no answer extracted | final sample hit the token limit |", "|---|---:|---:|---:|"]
     for r in rep.rows:
         if r.stats:
             out.append(f"| {r.name} | {r.stats.problems} | {r.stats.no_answer:.1f}% | {r.stats.truncated:.1f}% |")
-    return out + [""]
+    return out + [""] + _paired_lines(rep)
 
 
 def _header(m: dict) -> list[str]:
@@ -218,8 +245,9 @@ def render_png(reports: Sequence[RunReport], path: str | Path) -> Path:
             else:
                 lo, hi = a.acc[lv].lo, a.acc[lv].hi
             mk = markers.setdefault(a.method, "osD^vP*Xh<>"[len(markers) % 11])
-            ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]],  # rounding can cross 0 fmt=mk, color=colors[a.model], capsize=3,
-                        label=a.name)
+            # max(0, ...): rounding can put the mean a hair outside its own interval
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt=mk, color=colors[a.model],
+                        capsize=3, label=a.name)
             ax.annotate(a.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("generated tokens per problem")
