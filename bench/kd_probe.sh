@@ -10,12 +10,16 @@
 #             as the worked-solution corpus keeps the easy levels' repeated problems; the wrong ones dropped)
 # then greedy on the ladder's held-out level 5-6 chain problems.
 #   bash bench/kd_probe.sh teacher|plain|kd|traces|trace|eval   (OUT=runs/kd-probe, PRETRAINED, SEED=0, N=16000, EPOCHS=2)
+# TASK=chainpaths trains on chainpaths instead of chain (the same questions; worked solutions in three tagged orders,
+# docs/tasks.md): with a GRPO teacher that writes one order, its traces teach one path where the solutions teach three.
 # Other student seeds reuse one teacher: OUT=runs/kd-probe-s1 SEED=1 TEACHER=runs/kd-probe/teacher/spine/final.
 # Students land in OUT/plain-eEPOCHS and OUT/kd-eEPOCHS; eval reports the teacher and every student of that EPOCHS.
 # KD variants: KD_TAG=-t1 KD_ARGS='--model.init_args.temperature 1' -> OUT/kd-t1-eEPOCHS (KD_ARGS is word-split).
 # EVAL_TEACHER=0 leaves the teacher out of `eval` (bench/kd_gpu.sh evaluates it once per seed).
 set -eu
-OUT=${OUT:-runs/kd-probe}; SEED=${SEED:-0}; N=${N:-16000}; EPOCHS=${EPOCHS:-2}; SP=${SPINE:-spine}
+OUT=${OUT:-runs/kd-probe}; SEED=${SEED:-0}; N=${N:-16000}; EPOCHS=${EPOCHS:-2}; SP=${SPINE:-spine}; TASK=${TASK:-chain}
+case $TASK in chain) TOKENS=80 ;; chainpaths) TOKENS=88 ;;   # a chainpaths solution starts with its order's tag
+  *) echo "kd_probe: TASK must be chain or chainpaths, got $TASK"; exit 2 ;; esac
 # the teacher's SFT corpus: by default 4,000 other problems for 6 epochs (the measured 85.0% teacher);
 # TEACHER_CORPUS=students with TEACHER_EPOCHS=4 trains it on the students' own N problems instead (a stronger one)
 TEACHER_CORPUS=${TEACHER_CORPUS:-own}; TEACHER_EPOCHS=${TEACHER_EPOCHS:-6}; KD_TAG=${KD_TAG:-}; KD_ARGS=${KD_ARGS:-}
@@ -35,9 +39,9 @@ COMMON=(--seed_everything "$SEED" --trainer.logger false --trainer.enable_checkp
         ${TH2[@]+"${TH2[@]}"} --model.init_args.export_dir null)
 SHAPE=(--model.init_args.model gpt2-tiny --model.init_args.model_overrides '{"d_model": 64, "n_layer": 4, "n_head": 4, "context_length": 128}'
        --trainer.max_epochs "$EPOCHS")
-SOLUTIONS=(--data.init_args.traces null --data.init_args.problems "task:chain:levels=1-6,n=$N,seed=21,split=train")
-case $TEACHER_CORPUS in own) TPROBLEMS="task:chain:levels=1-6,n=4000,seed=1,split=train" ;;
-  students) TPROBLEMS="task:chain:levels=1-6,n=$N,seed=21,split=train" ;;
+SOLUTIONS=(--data.init_args.traces null --data.init_args.problems "task:$TASK:levels=1-6,n=$N,seed=21,split=train")
+case $TEACHER_CORPUS in own) TPROBLEMS="task:$TASK:levels=1-6,n=4000,seed=1,split=train" ;;
+  students) TPROBLEMS="task:$TASK:levels=1-6,n=$N,seed=21,split=train" ;;
   *) echo "kd_probe: TEACHER_CORPUS must be own or students, got $TEACHER_CORPUS"; exit 2 ;; esac
 mkdir -p "$OUT"
 case $1 in
@@ -50,8 +54,8 @@ plain)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${SHAPE[@]}" "$
 kd)      K=kd$KD_TAG-e$EPOCHS
          $SP fit --config configs/distill-kd.yaml "${COMMON[@]}" "${SHAPE[@]}" "${SOLUTIONS[@]}" --model.init_args.teacher "$TEACHER" \
            $KD_ARGS --trainer.default_root_dir "$OUT/$K" "$(ck "$OUT/$K/spine")" > "$OUT/$K.log" 2>&1 ;;
-traces)  $SP eval --checkpoint "$TEACHER" --problems "task:chain:levels=1-6,n=$N,seed=21,split=train" \
-           --template synthetic --sampling.max_new_tokens 80 --batch_size "$EB" --device "$DEVICE" --traces "$OUT/teacher-traces.jsonl" \
+traces)  $SP eval --checkpoint "$TEACHER" --problems "task:$TASK:levels=1-6,n=$N,seed=21,split=train" \
+           --template synthetic --sampling.max_new_tokens $TOKENS --batch_size "$EB" --device "$DEVICE" --traces "$OUT/teacher-traces.jsonl" \
            > "$OUT/traces.log" 2>&1 ;;
 trace)   $SP fit --config configs/trace-sft.yaml "${COMMON[@]}" "${SHAPE[@]}" \
            --data.init_args.problems null --data.init_args.traces "[\"$OUT/teacher-traces.jsonl\"]" --data.init_args.dedupe false \
@@ -60,7 +64,7 @@ eval)    for m in $([ "${EVAL_TEACHER:-1}" = 1 ] && echo teacher) $(cd "$OUT" &&
            ck=$OUT/$m/spine/final; [ "$m" = teacher ] && ck=$TEACHER
            [ -e "$ck/manifest.json" ] || continue
            echo "== $m"; $SP eval --checkpoint "$ck" --problems "task:chain:levels=5-6,n=400,seed=7,split=eval" \
-             --template synthetic --sampling.max_new_tokens 80 --batch_size "$EB" --device "$DEVICE" --traces "$OUT/$m-greedy.jsonl" | grep "level=\|all"
+             --template synthetic --sampling.max_new_tokens $TOKENS --batch_size "$EB" --device "$DEVICE" --traces "$OUT/$m-greedy.jsonl" | grep "level=\|all"
          done ;;
 *) echo "usage: bash bench/kd_probe.sh teacher|plain|kd|traces|trace|eval"; exit 2 ;;
 esac
