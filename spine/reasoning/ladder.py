@@ -174,7 +174,7 @@ def paired(a: RungStats, b: RungStats, level: str, names: tuple[str, str]) -> Pa
     for p in pids:
         cells[(a.outcomes[p], b.outcomes[p])] += 1
     st = a.samples.get(level)
-    per = st.n / sum(1 for p in a.outcomes if level == ALL or a.level_of.get(p) == level) if st else 1.0
+    per = st.n / a.levels[level].n if st else 1.0   # a.levels counts the rung's problems of that level
     return Paired(names[0], names[1], len(pids), cells[(True, True)], cells[(True, False)], cells[(False, True)],
                   cells[(False, False)], per, st.acc if st and per > 1 else None)
 
