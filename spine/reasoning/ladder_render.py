@@ -110,8 +110,8 @@ def _students(rep: RunReport) -> list[str]:
 
 def _paired_lines(rep: RunReport) -> list[str]:
     """Each target's rung against its baseline, problem by problem on the harder level: how many problems
-    the rung fixed and broke, and how often its own samples are right (a vote follows its samples: when
-    they are right less often than the baseline's answers, the vote cannot beat the baseline)."""
+    the rung fixed and broke, and how often its own samples are right beside the baseline's answers (a vote
+    can still beat a baseline its samples trail, when their errors scatter over different wrong answers)."""
     seen, out = set(), []
     for t in rep.manifest.get("targets", []):
         pair = (str(t.get("rung")), str(t.get("baseline")))
@@ -129,8 +129,8 @@ def _paired_lines(rep: RunReport) -> list[str]:
                    f"| {p.fixed - p.broken:+d} | {samples} |")
     if not out:
         return []
-    return [f"Each target's rung against its baseline, problem by problem (level {rep.harder}): a vote follows "
-            "its samples, so where they are right less often than the baseline's answers it cannot beat them.", "",
+    return [f"Each target's rung against its baseline, problem by problem (level {rep.harder}), and how often the "
+            "rung's own samples are right beside the baseline's answers.", "",
             "| rung vs baseline | problems | both right | fixed | broken | both wrong | net | rung's samples right |",
             "|---|---:|---:|---:|---:|---:|---:|---|", *out, ""]
 
