@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..hostinfo import describe_host
 from .ladder import ALL, AggRow, Row, RunReport, Spread, TargetResult, aggregate, evaluate_targets, paired, run_report
 
 __all__ = ["render_markdown", "render_png", "write_report"]
@@ -154,7 +155,10 @@ def _header(m: dict) -> list[str]:
         bits.append(f"wall {wall:.0f} s" + (f" (budget {budget:.0f} s{over})" if budget else ""))
     if m.get("started"):
         bits.append(f"started {m['started']}")
-    return [" · ".join(bits), ""]
+    lines = [" · ".join(bits), ""]
+    if m.get("host", {}).get("cpu"):  # CPU results depend on the processor's kernels (docs/reproducibility.md)
+        lines[-1:] = ["", f"host: {describe_host(m['host'], m.get('env'))}", ""]
+    return lines
 
 
 _LEGEND = ("Accuracy: share of held-out problems whose final answer is correct, per difficulty level "

@@ -38,7 +38,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from .ladder import FORMAT, MANIFEST
+from ..hostinfo import host_info
 from .ladder_plan import _PLACEHOLDER, _fill, _parents, _unit_deps, load_plan
 
 __all__ = ["load_plan", "run_ladder", "subprocess_executor", "Executor"]
@@ -142,8 +142,7 @@ def run_ladder(plan: dict, *, seed: int, out: str | Path, plan_name: str = "?",
         "device": plan.get("device", vars_.get("device")), "harder_level": plan.get("harder_level"),
         "baseline": plan.get("baseline", "sft-greedy"), "problems": _fill(str(plan.get("problems", "")), vars_),
         "budget_seconds": plan.get("budget_seconds"), "targets": [], "models": models, "rungs": rungs,
-        "steps": [], "host": {"platform": platform.platform(), "python": platform.python_version(),
-                              "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS")},
+        "steps": [], "host": host_info(),
         "jobs": jobs, "env": env,
         "started": previous.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "vars": vars_,
