@@ -2,7 +2,7 @@
 
 CPU float results depend on the kernels torch picks for the processor (AVX2 or AVX-512 in ATen, MKL's
 code path for matrix products): the same command, seed and thread count gives other bits on another
-CPU (bench/cpu_bits.sh, docs/reproducibility.md). Run records carry this so two runs can be compared.
+CPU (bench/cpu_bits.sh; docs/getting-started.md, "Processors"). Run records carry this so two runs can be compared.
 """
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["KERNEL_ENV", "PORTABLE_KERNELS", "host_info", "describe_host"]
+__all__ = ["KERNEL_ENV", "host_info", "describe_host"]
 
 # the environment variables that choose CPU kernels (read once, when torch / MKL / oneDNN start)
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
-# no vector kernels in ATen and MKL's compatible path: the same bits on every x86-64 CPU measured
-# (an AVX2 AMD EPYC with torch 2.13 and an AVX-512 Intel Xeon with torch 2.11), at about half the speed
-PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 

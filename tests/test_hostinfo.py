@@ -1,5 +1,5 @@
 """The host record that CPU results carry (spine/hostinfo.py)."""
-from spine.hostinfo import PORTABLE_KERNELS, describe_host, host_info
+from spine.hostinfo import describe_host, host_info
 
 XEON = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Processor
@@ -31,7 +31,7 @@ def test_describe_host_shows_the_kernels_a_run_forces_over_the_hosts():
     info = {"cpu": "AMD EPYC", "cpu_flags": ["avx2"], "torch": "2.13.0+cpu", "cpu_capability": "AVX2",
             "kernel_env": {"MKL_CBWR": "AVX2"}}
     assert describe_host(info) == "AMD EPYC (avx2), torch 2.13.0+cpu, ATen AVX2, MKL_CBWR AVX2"
-    assert describe_host(info, {**PORTABLE_KERNELS, "SPINE_NUM_THREADS": "1"}) == \
+    assert describe_host(info, {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "SPINE_NUM_THREADS": "1"}) == \
         "AMD EPYC (avx2), torch 2.13.0+cpu, ATen default, MKL_CBWR COMPATIBLE"
     assert describe_host({"cpu": "x", "cpu_flags": [], "torch": "2.4", "gpu": "NVIDIA H200"}) == \
         "x (no avx2), torch 2.4, ATen ?, NVIDIA H200"

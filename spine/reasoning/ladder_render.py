@@ -156,7 +156,7 @@ def _header(m: dict) -> list[str]:
     if m.get("started"):
         bits.append(f"started {m['started']}")
     lines = [" · ".join(bits), ""]
-    if m.get("host", {}).get("cpu"):  # CPU results depend on the processor's kernels (docs/reproducibility.md)
+    if m.get("host", {}).get("cpu"):  # CPU results depend on the processor's kernels (docs/getting-started.md, "Processors")
         lines[-1:] = ["", f"host: {describe_host(m['host'], m.get('env'))}", ""]
     return lines
 
