@@ -13,6 +13,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 import pytest
+import torch
 
 from spine.reasoning import ladder as L
 from spine.reasoning.ladder_render import write_report
@@ -280,6 +281,9 @@ def test_shrunken_ladder_end_to_end(tmp_path, monkeypatch):
     assert not failed, failed
     assert m["models"]["pretrain"]["status"] == "ok"
     md_path, png = write_report([run])
+    # the run records the host its CPU bits came from, and the report names it
+    assert m["host"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"host: {m['host']['cpu']} (" in md_path.read_text()
     md = main_table(md_path.read_text())
     rep = L.run_report(run)
     for r in m["rungs"]:
