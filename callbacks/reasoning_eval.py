@@ -1,6 +1,7 @@
 """Reasoning accuracy during `fit`: run the evaluation harness on held-out problems and log it."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from spine.distributed import unsharded_copy
 from spine.reasoning.evaluate import chunk_size_for, evaluate, evaluate_sharded
 from spine.params import SamplingParams
+from spine.reasoning.forced import forced_matches, forced_solution
 from spine.reasoning.pipelines import ProblemEngine, make_pipeline
 from spine.reasoning.problems import load_problems, validate_problems
 from spine.reasoning.prompts import render_prompt
@@ -32,6 +34,8 @@ class ReasoningEval(L.Callback):
 
     Each pipeline is a dict: {"name": "greedy"} or {"name": "sc", "n": 8, "temperature": 0.8}: its
     SamplingParams fields override `sampling`, the settings all pipelines share (max_new_tokens, stop).
+    {"name": "forced"} decodes nothing: it logs the share of problems whose worked solution greedy decoding
+    would write (`spine.reasoning.forced`: one forward per batch), a cheap level check; it writes no trace.
     Logs `reasoning/<label>_acc`; traces go to `<trace_dir>/<label>-step<step>.jsonl`
     (default trace_dir: `<log_dir>/traces`). Under DDP each rank evaluates a disjoint share
     (rank r takes problems r, r+W, …); the records are gathered once to rank 0, which alone writes
@@ -88,6 +92,11 @@ class ReasoningEval(L.Callback):
         for spec in self.pipeline_specs:  # a typo in a pipeline should fail before training, not after
             if "name" not in spec:
                 raise ValueError(f"ReasoningEval: each pipeline needs a 'name' (greedy or sc), got {spec}")
+            if spec["name"] == "forced":
+                if len(spec) > 1:
+                    raise ValueError(f"ReasoningEval: pipeline 'forced' takes no options (it generates nothing), "
+                                     f"got {sorted(k for k in spec if k != 'name')}")
+                continue
             args = {k: v for k, v in spec.items() if k != "name"}
             try:
                 pipe = make_pipeline(spec["name"], sampling=sampling, **args)
@@ -122,11 +131,15 @@ class ReasoningEval(L.Callback):
         world, rank = trainer.world_size, trainer.global_rank
         # each rank decodes its own share for as long as it needs: a sharded (FSDP2) model would have to
         # run its forwards in lock-step, so it is gathered into a plain copy on every rank first
-        engine = ProblemEngine(unsharded_copy(pl_module.model), pl_module.tokenizer, **self.engine_args)
+        model = unsharded_copy(pl_module.model)
+        engine = ProblemEngine(model, pl_module.tokenizer, **self.engine_args)
         out_dir = Path(self.trace_dir or Path(trainer.log_dir or trainer.default_root_dir) / "traces")
         for spec in self.pipeline_specs:
             spec = dict(spec)
             label = self._label(spec)
+            if spec["name"] == "forced":
+                self._forced(trainer, model, pl_module.tokenizer)
+                continue
             pipeline = make_pipeline(spec.pop("name"), sampling=self.sampling, **spec)
             stem = f"{self.name}-{label}" if self.name else label
             path = out_dir / f"{stem}-step{trainer.global_step}.jsonl"
@@ -140,16 +153,7 @@ class ReasoningEval(L.Callback):
                              chunk_size=chunk_size_for(self.engine_args["batch_size"], pipeline.sampling.n)).summary
             n_correct, n, tokens, seconds = s.n_correct, s.n, s.total_tokens, s.total_seconds
             acc = n_correct / max(n, 1)
-            key = f"reasoning/{self.name}/{label}_acc" if self.name else f"reasoning/{label}_acc"
-            metrics = {key: acc}
-            if self.target is not None:
-                metrics[key.removesuffix("_acc") + "_gap"] = abs(acc - self.target)
-            # self.log is not allowed in on_fit_end: write to the loggers directly
-            for k, v in metrics.items():
-                trainer.callback_metrics[k] = torch.tensor(v)
-            if trainer.is_global_zero:
-                for logger in trainer.loggers:
-                    logger.log_metrics(metrics, step=trainer.global_step)
+            self._log(trainer, label, acc)
             self.results.append({"step": trainer.global_step, "pipeline": label, "name": self.name,
                                  "accuracy": acc, "n": int(n),
                                  "tokens_per_problem": tokens / max(n, 1), "seconds_per_problem": seconds / max(n, 1),
@@ -159,6 +163,35 @@ class ReasoningEval(L.Callback):
                 emit(trainer, f"[reasoning eval @ step {trainer.global_step}] {self.name + ' ' if self.name else ''}{label}: accuracy {acc:.3f} "
                                f"on {int(n)} problems, {tokens / max(n, 1):.1f} tokens/problem{table}\n"
                                f"traces: {path}")
+
+    def _log(self, trainer: L.Trainer, label: str, acc: float) -> None:
+        key = f"reasoning/{self.name}/{label}_acc" if self.name else f"reasoning/{label}_acc"
+        metrics = {key: acc}
+        if self.target is not None:
+            metrics[key.removesuffix("_acc") + "_gap"] = abs(acc - self.target)
+        # self.log is not allowed in on_fit_end: write to the loggers directly
+        for k, v in metrics.items():
+            trainer.callback_metrics[k] = torch.tensor(v)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _forced(self, trainer: L.Trainer, model: torch.nn.Module, tokenizer) -> None:
+        # every rank scores every problem (one forward per batch, no decoding): the ranks hold the same
+        # weights, so they agree without a gather; there is no completion, so there is no trace either
+        t0 = time.perf_counter()
+        matches = forced_matches(model, tokenizer, self._problems, template=self.engine_args["template"],
+                                 batch_size=self.engine_args["batch_size"])
+        seconds = time.perf_counter() - t0
+        acc = sum(matches) / max(len(matches), 1)
+        self._log(trainer, "forced", acc)
+        self.results.append({"step": trainer.global_step, "pipeline": "forced", "name": self.name, "accuracy": acc,
+                             "n": len(matches), "tokens_per_problem": 0.0,
+                             "seconds_per_problem": seconds / max(len(matches), 1), "trace": None})
+        if trainer.is_global_zero:
+            emit(trainer, f"[reasoning eval @ step {trainer.global_step}] {self.name + ' ' if self.name else ''}forced: "
+                          f"greedy would write the worked solution on {acc:.3f} of {len(matches)} problems "
+                          f"({seconds:.1f} s)")
 
     def _load(self, pl_module: L.LightningModule) -> None:
         # the pipelines cut a prompt that does not fit the context from the left, so an eval whose prompts
@@ -171,9 +204,18 @@ class ReasoningEval(L.Callback):
         probs = probs[: self.limit] if self.limit else probs
         engine = ProblemEngine(pl_module.model, pl_module.tokenizer, **self.engine_args)
         try:
-            validate_problems(probs, where=self.source, engine=engine,
-                              context_length=pl_module.model.config.context_length,
-                              max_new_tokens=self._max_new_tokens, setting="sampling.max_new_tokens")
+            if any(spec["name"] != "forced" for spec in self.pipeline_specs):  # only decoding needs the room
+                validate_problems(probs, where=self.source, engine=engine,
+                                  context_length=pl_module.model.config.context_length,
+                                  max_new_tokens=self._max_new_tokens, setting="sampling.max_new_tokens")
+            if any(spec["name"] == "forced" for spec in self.pipeline_specs):
+                ctx = pl_module.model.config.context_length
+                for p in probs:  # the teacher-forced check reads prompt + worked solution in one forward
+                    n = (len(pl_module.tokenizer.encode(render_prompt(p, self.engine_args["template"])))
+                         + len(pl_module.tokenizer.encode(forced_solution(p))))
+                    if n > ctx:
+                        raise ValueError(f"{self.source}: problem {p.id!r}: prompt + worked solution are {n} tokens, "
+                                         f"over the model's context of {ctx} (pipeline 'forced')")
         except ValueError as e:
             raise ValueError(f"ReasoningEval: {e}") from None
         self._problems = probs

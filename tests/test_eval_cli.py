@@ -7,6 +7,7 @@ writes well-formed traces, resumes, and turns each kind of bad input into exit c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -443,3 +444,47 @@ def test_eval_module_needs_weights_and_a_known_template(ckpt):
         ReasoningEvalModule()
     with pytest.raises(ValueError, match="unknown prompt template 'nope'"):
         ReasoningEvalModule(init_from=str(ckpt), template="nope")
+
+
+def test_reasoning_eval_forced_pipeline_checks_a_level_without_decoding(tmp_path, monkeypatch):
+    """Pipeline `forced` logs the teacher-forced match rate (and its gap to `target`) of the fit's current
+    weights on the problems' worked solutions, stops the fit through `stop_above` like a decoded check,
+    writes no trace, and is refused with options or without worked solutions."""
+    import callbacks.reasoning_eval as rev
+
+    real, scripted, seen = rev.forced_matches, iter([1, 3, 4]), []
+
+    def scripted_forced(model, tokenizer, problems, **kw):
+        out = real(model, tokenizer, problems, **kw)  # the real check runs on the fit's weights
+        seen.append((len(problems), kw, out))
+        k = next(scripted)
+        return [True] * k + [False] * (len(problems) - k)
+
+    monkeypatch.setattr(rev, "forced_matches", scripted_forced)
+    dm, module = _tiny_lm(tmp_path)
+    level = ReasoningEval(problems="task:chain:level=2,n=20,seed=99,split=train", limit=4, every_n_steps=2,
+                          pipelines=[{"name": "forced"}], sampling=SamplingParams(max_new_tokens=4),
+                          at_fit_end=False, name="level", target=0.5, stop_above=1.0, batch_size=3)
+    logger = CSVLogger(tmp_path, name="logs")
+    trainer = L.Trainer(max_steps=20, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=logger,
+                        use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[level])
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 6  # 1/4, 3/4, 4/4 at steps 2, 4, 6: stop_above 1.0 reached at step 6
+    assert [(r["step"], r["pipeline"], r["accuracy"], r["trace"]) for r in level.results] == [
+        (2, "forced", 0.25, None), (4, "forced", 0.75, None), (6, "forced", 1.0, None)]
+    assert [(n, kw) for n, kw, _ in seen] == [(4, {"template": "synthetic", "batch_size": 3})] * 3
+    assert all(out == [False] * 4 for _, _, out in seen)  # a tiny model after 6 steps writes no chain solution
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    gaps = {int(r["step"]): float(r["reasoning/level/forced_gap"]) for r in rows if r.get("reasoning/level/forced_gap")}
+    assert gaps == pytest.approx({2: 0.25, 4: 0.25, 6: 0.5})
+    assert not (Path(logger.log_dir) / "traces").exists()
+    with pytest.raises(ValueError, match="pipeline 'forced' takes no options"):
+        ReasoningEval(pipelines=[{"name": "forced", "n": 4}])
+    bare = ReasoningEval(problems="synthetic:level=1,n=4,seed=7,split=eval", pipelines=[{"name": "forced"}],
+                         every_n_steps=1)
+    bare._problems = None
+    monkeypatch.setattr(rev, "load_problems", lambda src: [
+        dataclasses.replace(p, metadata={}) for p in load_problems(src)])
+    with pytest.raises(ValueError, match="has no worked solution"):
+        bare._load(module)
