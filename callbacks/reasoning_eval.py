@@ -212,7 +212,7 @@ class ReasoningEval(L.Callback):
                 ctx = pl_module.model.config.context_length
                 for p in probs:  # the teacher-forced check reads prompt + worked solution in one forward
                     n = (len(pl_module.tokenizer.encode(render_prompt(p, self.engine_args["template"])))
-                         + len(pl_module.tokenizer.encode(forced_solution(p))))
+                         + len(pl_module.tokenizer.encode(forced_solution(p, self.engine_args["template"]))))
                     if n > ctx:
                         raise ValueError(f"{self.source}: problem {p.id!r}: prompt + worked solution are {n} tokens, "
                                          f"over the model's context of {ctx} (pipeline 'forced')")

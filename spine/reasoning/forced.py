@@ -16,59 +16,73 @@ import torch
 
 from .problems import Problem
 from .prompts import render_prompt
+from .tasks.spec import format_document
 
-__all__ = ["forced_matches", "forced_solution"]
+__all__ = ["forced_matches", "forced_matches_ids", "forced_solution"]
 
 
-def forced_solution(problem: Problem) -> str:
-    """The worked solution of `problem` (`metadata["solution"]`), or one line saying it has none."""
+def forced_solution(problem: Problem, template: str = "synthetic") -> str:
+    """What greedy decoding must write after the prompt (`template`) to reproduce the problem's training
+    document (`spine.reasoning.tasks.spec.format_document`: the worked solution after "Answer: "), or one
+    line saying why there is none."""
     solution = (problem.metadata or {}).get("solution")
     if not isinstance(solution, str) or not solution:
         raise ValueError(f"problem {problem.id!r} has no worked solution (metadata['solution']): a teacher-forced "
                          f"check needs one (the task families write them; loaded files usually do not)")
-    return solution
+    document, prompt = format_document(problem), render_prompt(problem, template)
+    if not document.startswith(prompt):
+        raise ValueError(f"template {template!r} is not the start of the training document of problem "
+                         f"{problem.id!r}, so there is no continuation to check (use template 'synthetic')")
+    return document[len(prompt):]
 
 
 @torch.no_grad()
-def forced_matches(model: torch.nn.Module, tokenizer, problems: Sequence[Problem], *, template: str = "synthetic",
-                   batch_size: int = 64) -> list[bool]:
-    """For each problem, whether every token of its worked solution is the model's arg-max after the prompt
-    (rendered with `template`, as the evaluation pipelines render it) and the solution's earlier tokens.
-
-    The prompt and the solution are encoded separately and joined, as decoding conditions on the prompt's
-    ids. Rows are right-padded, so causal attention keeps the padding out of every scored position.
-    """
+def forced_matches_ids(model: torch.nn.Module, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int,
+                       batch_size: int = 64) -> list[bool]:
+    """For each (prompt ids, continuation ids): whether every continuation id is the model's arg-max after the
+    prompt and the continuation's earlier ids, i.e. whether greedy decoding from the prompt writes it.
+    Rows are right-padded, so causal attention keeps the padding out of every scored position."""
     if batch_size < 1:
         raise ValueError(f"forced_matches: batch_size must be >= 1, got {batch_size}")
     blocks = getattr(model, "blocks", None)
     if blocks is not None and len(blocks) and getattr(blocks[0].attn, "kv_cache", None) is not None:
         raise ValueError("forced_matches: the model has a KV cache set up; it needs a plain forward")
-    ctx = model.config.context_length
-    rows: list[tuple[list[int], int]] = []
-    for p in problems:
-        prompt_ids = tokenizer.encode(render_prompt(p, template))
-        sol_ids = tokenizer.encode(forced_solution(p))
-        ids = prompt_ids + sol_ids
-        if len(ids) > ctx:
-            raise ValueError(f"problem {p.id!r}: prompt + solution are {len(ids)} tokens, over the model's "
-                             f"context of {ctx}")
-        rows.append((ids, len(prompt_ids)))
+    for i, (prompt, cont) in enumerate(rows):
+        if not prompt or not cont:
+            raise ValueError(f"forced_matches: row {i} has an empty prompt or continuation")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: list[bool] = []
     try:
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            T = max(len(ids) for ids, _ in chunk)
-            idx = torch.full((len(chunk), T), tokenizer.pad_id, dtype=torch.long)
-            for i, (ids, _) in enumerate(chunk):
-                idx[i, :len(ids)] = torch.tensor(ids)
+            chunk = [(list(p), list(c)) for p, c in rows[start:start + batch_size]]
+            T = max(len(p) + len(c) for p, c in chunk)
+            idx = torch.full((len(chunk), T), pad_id, dtype=torch.long)
+            for i, (p, c) in enumerate(chunk):
+                idx[i, :len(p) + len(c)] = torch.tensor(p + c)
             idx = idx.to(device)
             pred = model(idx).argmax(dim=-1)  # pred[:, t] is the arg-max for token t + 1
-            for i, (ids, n_prompt) in enumerate(chunk):
-                # solution tokens sit at n_prompt .. len(ids) - 1, each predicted one position earlier
-                out.append(bool((pred[i, n_prompt - 1:len(ids) - 1] == idx[i, n_prompt:len(ids)]).all()))
+            for i, (p, c) in enumerate(chunk):
+                n, end = len(p), len(p) + len(c)  # continuation ids sit at n .. end - 1, predicted one earlier
+                out.append(bool((pred[i, n - 1:end - 1] == idx[i, n:end]).all()))
     finally:
         model.train(was_training)
     return out
+
+
+def forced_matches(model: torch.nn.Module, tokenizer, problems: Sequence[Problem], *, template: str = "synthetic",
+                   batch_size: int = 64) -> list[bool]:
+    """For each problem, whether greedy decoding after the prompt (rendered with `template`, as the evaluation
+    pipelines render it) writes its worked solution (`forced_solution`: the training document's continuation
+    of the prompt, the space after "Answer:" included). The prompt and the continuation are encoded
+    separately and joined, as decoding conditions on the prompt's ids."""
+    ctx = model.config.context_length
+    rows = []
+    for p in problems:
+        ids = (tokenizer.encode(render_prompt(p, template)), tokenizer.encode(forced_solution(p, template)))
+        if len(ids[0]) + len(ids[1]) > ctx:
+            raise ValueError(f"problem {p.id!r}: prompt + solution are {len(ids[0]) + len(ids[1])} tokens, over "
+                             f"the model's context of {ctx}")
+        rows.append(ids)
+    return forced_matches_ids(model, rows, pad_id=tokenizer.pad_id, batch_size=batch_size)
