@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from spine.distributed import unsharded_copy
 from spine.reasoning.evaluate import chunk_size_for, evaluate, evaluate_sharded
 from spine.params import SamplingParams
-from spine.reasoning.forced import forced_matches, forced_solution
+from spine.reasoning.forced import forced_matches_ids, forced_solution
 from spine.reasoning.pipelines import ProblemEngine, make_pipeline
 from spine.reasoning.problems import load_problems, validate_problems
 from spine.reasoning.prompts import render_prompt
@@ -112,6 +112,7 @@ class ReasoningEval(L.Callback):
         self.trace_dir, self.limit = trace_dir, limit
         self.results: list[dict[str, Any]] = []
         self._problems = None
+        self._forced_rows: list[tuple[list[int], list[int]]] = []
         self._last_step = -1
 
     @staticmethod
@@ -180,8 +181,8 @@ class ReasoningEval(L.Callback):
         # every rank scores every problem (one forward per batch, no decoding): the ranks hold the same
         # weights, so they agree without a gather; there is no completion, so there is no trace either
         t0 = time.perf_counter()
-        matches = forced_matches(model, tokenizer, self._problems, template=self.engine_args["template"],
-                                 batch_size=self.engine_args["batch_size"])
+        matches = forced_matches_ids(model, self._forced_rows, pad_id=tokenizer.pad_id,
+                                     batch_size=self.engine_args["batch_size"])
         seconds = time.perf_counter() - t0
         acc = sum(matches) / max(len(matches), 1)
         self._log(trainer, "forced", acc)
@@ -209,13 +210,14 @@ class ReasoningEval(L.Callback):
                                   context_length=pl_module.model.config.context_length,
                                   max_new_tokens=self._max_new_tokens, setting="sampling.max_new_tokens")
             if any(spec["name"] == "forced" for spec in self.pipeline_specs):
-                ctx = pl_module.model.config.context_length
-                for p in probs:  # the teacher-forced check reads prompt + worked solution in one forward
-                    n = (len(pl_module.tokenizer.encode(render_prompt(p, self.engine_args["template"])))
-                         + len(pl_module.tokenizer.encode(forced_solution(p, self.engine_args["template"]))))
-                    if n > ctx:
-                        raise ValueError(f"{self.source}: problem {p.id!r}: prompt + worked solution are {n} tokens, "
-                                         f"over the model's context of {ctx} (pipeline 'forced')")
+                # tokenized once: a check every few steps should cost the forward, not the tokenizer
+                ctx, tok, template = pl_module.model.config.context_length, pl_module.tokenizer, self.engine_args["template"]
+                rows = [(tok.encode(render_prompt(p, template)), tok.encode(forced_solution(p, template))) for p in probs]
+                for p, (a, b) in zip(probs, rows):
+                    if len(a) + len(b) > ctx:
+                        raise ValueError(f"{self.source}: problem {p.id!r}: prompt + worked solution are "
+                                         f"{len(a) + len(b)} tokens, over the model's context of {ctx} (pipeline 'forced')")
+                self._forced_rows = rows
         except ValueError as e:
             raise ValueError(f"ReasoningEval: {e}") from None
         self._problems = probs

@@ -452,15 +452,15 @@ def test_reasoning_eval_forced_pipeline_checks_a_level_without_decoding(tmp_path
     writes no trace, and is refused with options or without worked solutions."""
     import callbacks.reasoning_eval as rev
 
-    real, scripted, seen = rev.forced_matches, iter([1, 3, 4]), []
+    real, scripted, seen = rev.forced_matches_ids, iter([1, 3, 4]), []
 
-    def scripted_forced(model, tokenizer, problems, **kw):
-        out = real(model, tokenizer, problems, **kw)  # the real check runs on the fit's weights
-        seen.append((len(problems), kw, out))
+    def scripted_forced(model, rows, **kw):
+        out = real(model, rows, **kw)  # the real check runs on the fit's weights
+        seen.append((len(rows), kw, out))
         k = next(scripted)
-        return [True] * k + [False] * (len(problems) - k)
+        return [True] * k + [False] * (len(rows) - k)
 
-    monkeypatch.setattr(rev, "forced_matches", scripted_forced)
+    monkeypatch.setattr(rev, "forced_matches_ids", scripted_forced)
     dm, module = _tiny_lm(tmp_path)
     level = ReasoningEval(problems="task:chain:level=2,n=20,seed=99,split=train", limit=4, every_n_steps=2,
                           pipelines=[{"name": "forced"}], sampling=SamplingParams(max_new_tokens=4),
@@ -473,7 +473,7 @@ def test_reasoning_eval_forced_pipeline_checks_a_level_without_decoding(tmp_path
     assert trainer.global_step == 6  # 1/4, 3/4, 4/4 at steps 2, 4, 6: stop_above 1.0 reached at step 6
     assert [(r["step"], r["pipeline"], r["accuracy"], r["trace"]) for r in level.results] == [
         (2, "forced", 0.25, None), (4, "forced", 0.75, None), (6, "forced", 1.0, None)]
-    assert [(n, kw) for n, kw, _ in seen] == [(4, {"template": "synthetic", "batch_size": 3})] * 3
+    assert [(n, kw) for n, kw, _ in seen] == [(4, {"pad_id": 256, "batch_size": 3})] * 3
     assert all(out == [False] * 4 for _, _, out in seen)  # a tiny model after 6 steps writes no chain solution
     rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
     gaps = {int(r["step"]): float(r["reasoning/level/forced_gap"]) for r in rows if r.get("reasoning/level/forced_gap")}
