@@ -4,9 +4,11 @@
 # Then each run's final model (last.ckpt, not the best) on 400 fresh level-6 problems (seed 8; the runs
 # evaluate seed 7 during training and pick their best checkpoint on it), and the substrate on the same.
 #   bash bench/grpo_seeds.sh [OUT_DIR]
+#   SUBSTRATE='runs/substrate-level/seed{seed}/final' bash bench/grpo_seeds.sh OUT_DIR   # seed s starts from substrate seed s
 set -u
 out=${1:-runs/grpo-seeds}
-FRESH="task:chain:levels=6,n=400,seed=8,split=eval"
+SUBSTRATE=${SUBSTRATE:-runs/substrate-cpu/final}   # "{seed}" in it becomes the run's seed
+FRESH="task:chain:levels=6,n=${FRESH_N:-400},seed=8,split=eval"   # FRESH_N=2000: a 95% interval of +-2 instead of +-4.5
 mkdir -p "$out"
 fresh() {  # name, spine checkpoint dir
   OMP_NUM_THREADS=1 spine eval --checkpoint "$2" --problems "$FRESH" --template synthetic \
@@ -22,7 +24,8 @@ for s in 0 1 2; do
         env OMP_NUM_THREADS=1 spine fit --config configs/grpo-quick.yaml --seed_everything "$s" \
         --model.init_args.sampling.seed "$s" --data.init_args.seed "$s" \
         --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
-        --trainer.logger.init_args.version run "${extra[@]}" > "$out/$arm-seed$s.log" 2>&1
+        --trainer.logger.init_args.version run --model.init_args.init_from "${SUBSTRATE//\{seed\}/$s}" \
+        "${extra[@]}" > "$out/$arm-seed$s.log" 2>&1
       # a fixed logger version: a rerun into the same OUT_DIR must not evaluate an older run's model
       OMP_NUM_THREADS=1 spine consolidate "$dir"/logs/run/checkpoints/last.ckpt "$dir/final" --overwrite true \
         > "$out/$arm-seed$s.consolidate.log" 2>&1
@@ -32,6 +35,10 @@ for s in 0 1 2; do
   wait
   cat "$out"/*-seed$s.time
 done
-fresh substrate runs/substrate-cpu/final
+if [[ $SUBSTRATE == *"{seed}"* ]]; then
+  for s in 0 1 2; do fresh "substrate-seed$s" "${SUBSTRATE//\{seed\}/$s}" & done; wait
+else
+  fresh substrate "$SUBSTRATE"
+fi
 grep -H "reasoning eval" "$out"/*.log
 grep -H "^| level=6 " "$out"/fresh-*.log

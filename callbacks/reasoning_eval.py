@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
 
 from spine.distributed import unsharded_copy
@@ -36,6 +37,9 @@ class ReasoningEval(L.Callback):
     SamplingParams fields override `sampling`, the settings all pipelines share (max_new_tokens, stop).
     {"name": "forced"} decodes nothing: it logs the share of problems whose worked solution greedy decoding
     would write (`spine.reasoning.forced`: one forward per batch), a cheap level check; it writes no trace.
+    With `averaged`, the evaluations read the weights of the trainer's `WeightAveraging` callback (e.g. Lightning's
+    `EMAWeightAveraging`): the weights that callback saves in checkpoints, so a ModelCheckpoint on this metric
+    keeps the averaged weights it measured.
     Logs `reasoning/<label>_acc`; traces go to `<trace_dir>/<label>-step<step>.jsonl`
     (default trace_dir: `<log_dir>/traces`). Under DDP each rank evaluates a disjoint share
     (rank r takes problems r, r+W, …); the records are gathered once to rank 0, which alone writes
@@ -66,7 +70,8 @@ class ReasoningEval(L.Callback):
                  sampling: SamplingParams = SamplingParams(max_new_tokens=64, stop=("\nQuestion:",)),
                  batch_size: int = 64, every_n_steps: int = 0, at_fit_end: bool = True, trace_dir: str | None = None,
                  limit: int | None = None, at_fit_start: bool = False, name: str | None = None,
-                 start_step: int = 0, target: float | None = None, stop_above: float | None = None):
+                 start_step: int = 0, target: float | None = None, stop_above: float | None = None,
+                 averaged: bool = False):
         if name is not None and (not name or not all(c.isalnum() or c in "-_" for c in name)):
             raise ValueError(f"ReasoningEval: name must be letters, digits, '-' or '_', got {name!r}")
         self.name = name
@@ -81,6 +86,7 @@ class ReasoningEval(L.Callback):
                                       or not 0.0 <= value <= 1.0):
                 raise ValueError(f"ReasoningEval: {field} must be an accuracy between 0 and 1, got {value!r}")
         self.target = target
+        self.averaged = averaged
         if stop_above is not None and every_n_steps < 1:
             raise ValueError(f"ReasoningEval: stop_above {stop_above} needs every_n_steps > 0 (it acts on the "
                              f"periodic checks only), got every_n_steps {every_n_steps}")
@@ -132,7 +138,7 @@ class ReasoningEval(L.Callback):
         world, rank = trainer.world_size, trainer.global_rank
         # each rank decodes its own share for as long as it needs: a sharded (FSDP2) model would have to
         # run its forwards in lock-step, so it is gathered into a plain copy on every rank first
-        model = unsharded_copy(pl_module.model)
+        model = unsharded_copy(self._weights(trainer, pl_module).model)
         engine = ProblemEngine(model, pl_module.tokenizer, **self.engine_args)
         out_dir = Path(self.trace_dir or Path(trainer.log_dir or trainer.default_root_dir) / "traces")
         for spec in self.pipeline_specs:
@@ -222,8 +228,19 @@ class ReasoningEval(L.Callback):
             raise ValueError(f"ReasoningEval: {e}") from None
         self._problems = probs
 
+    def _weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
+        if not self.averaged:
+            return pl_module
+        # Lightning's WeightAveraging keeps its average as an AveragedModel around a copy of the module; that copy
+        # is what the callback saves as a checkpoint's state_dict and copies into the module at the end of fit
+        avg = next(cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging))
+        return pl_module if avg._average_model is None else avg._average_model.module
+
     def setup(self, trainer, pl_module, stage):
         require_gatherable_weights(trainer, "ReasoningEval")
+        if self.averaged and not any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks):
+            raise ValueError("ReasoningEval: averaged=true evaluates the weights of a WeightAveraging callback "
+                             "(e.g. lightning.pytorch.callbacks.EMAWeightAveraging), and the trainer has none")
 
     def on_train_start(self, trainer, pl_module):
         if getattr(pl_module, "tokenizer", None) is not None:

@@ -488,3 +488,45 @@ def test_reasoning_eval_forced_pipeline_checks_a_level_without_decoding(tmp_path
         dataclasses.replace(p, metadata={}) for p in load_problems(src)])
     with pytest.raises(ValueError, match="has no worked solution"):
         bare._load(module)
+
+
+def test_reasoning_eval_averaged_reads_the_weight_averaging_callbacks_weights(tmp_path, monkeypatch):
+    """With `averaged`, each check decodes with the EMA weights of Lightning's EMAWeightAveraging (not the
+    current ones), and the closest-level ModelCheckpoint then holds those same weights; without such a
+    callback the fit is refused in one line."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    import callbacks.reasoning_eval as rev
+
+    real, checked = rev.evaluate, {}
+
+    def recording_evaluate(problems, engine, pipeline, **kw):
+        step = kw["extra"]["global_step"]
+        checked[step] = (engine.engine.model.lm_head.weight.detach().clone(),
+                         module.model.lm_head.weight.detach().clone(),
+                         ema._average_model.module.model.lm_head.weight.detach().clone())
+        return real(problems, engine, pipeline, **kw)
+
+    monkeypatch.setattr(rev, "evaluate", recording_evaluate)
+    dm, module = _tiny_lm(tmp_path)
+    ema = EMAWeightAveraging(decay=0.5)
+    level = ReasoningEval(problems="synthetic:level=1,n=20,seed=99,split=train", limit=2, every_n_steps=2,
+                          sampling=SamplingParams(max_new_tokens=2), at_fit_end=False, name="level", target=0.5,
+                          averaged=True)
+    keep = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="reasoning/level/greedy_gap", mode="min",
+                           save_top_k=1, every_n_train_steps=2, filename="closest")
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
+                        use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[ema, level, keep])
+    trainer.fit(module, datamodule=dm)
+    assert sorted(checked) == [2, 4]
+    for evaluated, current, averaged in checked.values():
+        assert torch.equal(evaluated, averaged) and not torch.equal(evaluated, current)
+    saved = torch.load(keep.best_model_path, weights_only=False, map_location="cpu")
+    assert torch.equal(saved["state_dict"]["model.lm_head.weight"], checked[saved["global_step"]][2])
+    dm, module = _tiny_lm(tmp_path / "again")
+    bare = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                     callbacks=[ReasoningEval(averaged=True)])
+    with pytest.raises(ValueError, match="averaged=true evaluates the weights of a WeightAveraging callback"):
+        bare.fit(module, datamodule=dm)
