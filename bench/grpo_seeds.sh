@@ -7,7 +7,7 @@
 #   SUBSTRATE='runs/substrate-level/seed{seed}/final' bash bench/grpo_seeds.sh OUT_DIR   # seed s starts from substrate seed s
 set -u
 out=${1:-runs/grpo-seeds}
-SUBSTRATE=${SUBSTRATE:-runs/substrate-cpu/final}   # "{seed}" in it becomes the run's seed
+SUBSTRATE=${SUBSTRATE:-runs/substrate-cpu-level/final}   # "{seed}" in it becomes the run's seed
 FRESH="task:chain:levels=6,n=${FRESH_N:-400},seed=8,split=eval"   # FRESH_N=2000: a 95% interval of +-2 instead of +-4.5
 mkdir -p "$out"
 fresh() {  # name, spine checkpoint dir
