@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from spine.distributed import unsharded_copy
 from spine.reasoning.evaluate import chunk_size_for, evaluate, evaluate_sharded
 from spine.params import SamplingParams
-from spine.reasoning.forced import forced_matches_ids, forced_solution
+from spine.reasoning.forced import forced_matches_ids, forced_rows
 from spine.reasoning.pipelines import ProblemEngine, make_pipeline
 from spine.reasoning.problems import load_problems, validate_problems
 from spine.reasoning.prompts import render_prompt
@@ -217,12 +217,8 @@ class ReasoningEval(L.Callback):
                                   max_new_tokens=self._max_new_tokens, setting="sampling.max_new_tokens")
             if any(spec["name"] == "forced" for spec in self.pipeline_specs):
                 # tokenized once: a check every few steps should cost the forward, not the tokenizer
-                ctx, tok, template = pl_module.model.config.context_length, pl_module.tokenizer, self.engine_args["template"]
-                rows = [(tok.encode(render_prompt(p, template)), tok.encode(forced_solution(p, template))) for p in probs]
-                for p, (a, b) in zip(probs, rows):
-                    if len(a) + len(b) > ctx:
-                        raise ValueError(f"{self.source}: problem {p.id!r}: prompt + worked solution are "
-                                         f"{len(a) + len(b)} tokens, over the model's context of {ctx} (pipeline 'forced')")
+                rows = forced_rows(pl_module.tokenizer, probs, template=self.engine_args["template"],
+                                   context_length=pl_module.model.config.context_length)
                 self._forced_rows = rows
         except ValueError as e:
             raise ValueError(f"ReasoningEval: {e}") from None

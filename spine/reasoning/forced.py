@@ -3,10 +3,9 @@
 Greedy decoding writes a given solution exactly when every token of it is the model's arg-max given the
 prompt and the solution's tokens before it. That can be read off *one* forward pass over prompt +
 solution, instead of one forward per generated token: the same quantity as lm-evaluation-harness's
-`is_greedy`, here per problem. For a task whose worked solutions are the only natural way to the answer
-(`chain`: one path of facts), the fraction of matches is greedy accuracy minus the rare greedy answers
-that are right by another path, at a fraction of the cost, which is what lets a fit check its level
-every few steps (`callbacks.ReasoningEval` pipeline `forced`).
+`is_greedy`, here per problem (`callbacks.ReasoningEval` pipeline `forced`). It is a lower bound on greedy
+accuracy, not a reading of it: greedy can reach the right answer by another path (a wrong middle step), which
+on the chain substrate's level 6 is 5-15% of the problems, a different share per model (docs/tasks.md).
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from .problems import Problem
 from .prompts import render_prompt
 from .tasks.spec import format_document
 
-__all__ = ["forced_matches", "forced_matches_ids", "forced_solution"]
+__all__ = ["forced_matches", "forced_matches_ids", "forced_rows", "forced_solution"]
 
 
 def forced_solution(problem: Problem, template: str = "synthetic") -> str:
@@ -71,18 +70,25 @@ def forced_matches_ids(model: torch.nn.Module, rows: Sequence[tuple[Sequence[int
     return out
 
 
-def forced_matches(model: torch.nn.Module, tokenizer, problems: Sequence[Problem], *, template: str = "synthetic",
-                   batch_size: int = 64) -> list[bool]:
-    """For each problem, whether greedy decoding after the prompt (rendered with `template`, as the evaluation
-    pipelines render it) writes its worked solution (`forced_solution`: the training document's continuation
-    of the prompt, the space after "Answer:" included). The prompt and the continuation are encoded
-    separately and joined, as decoding conditions on the prompt's ids."""
-    ctx = model.config.context_length
+def forced_rows(tokenizer, problems: Sequence[Problem], *, template: str = "synthetic",
+                context_length: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, continuation ids) per problem, for `forced_matches_ids`. The prompt (rendered with `template`,
+    as the evaluation pipelines render it) and its continuation (`forced_solution`) are encoded separately and
+    joined, as decoding conditions on the prompt's ids. A row longer than `context_length` is refused in one line."""
     rows = []
     for p in problems:
         ids = (tokenizer.encode(render_prompt(p, template)), tokenizer.encode(forced_solution(p, template)))
-        if len(ids[0]) + len(ids[1]) > ctx:
-            raise ValueError(f"problem {p.id!r}: prompt + solution are {len(ids[0]) + len(ids[1])} tokens, over "
-                             f"the model's context of {ctx}")
+        n = len(ids[0]) + len(ids[1])
+        if context_length is not None and n > context_length:
+            raise ValueError(f"problem {p.id!r}: prompt + worked solution are {n} tokens, over the model's context "
+                             f"of {context_length}")
         rows.append(ids)
+    return rows
+
+
+def forced_matches(model: torch.nn.Module, tokenizer, problems: Sequence[Problem], *, template: str = "synthetic",
+                   batch_size: int = 64) -> list[bool]:
+    """For each problem, whether greedy decoding after the prompt writes its worked solution (the training
+    document's continuation of the prompt, the space after "Answer:" included; `forced_rows`)."""
+    rows = forced_rows(tokenizer, problems, template=template, context_length=model.config.context_length)
     return forced_matches_ids(model, rows, pad_id=tokenizer.pad_id, batch_size=batch_size)
