@@ -2,10 +2,10 @@
 # GRPO settings side by side on the device machine, to choose what to measure on 2 CPU cores and to repeat a
 # measurement on other hardware: configs/grpo-quick.yaml from runs/cpulevel/s{seed}/final (carried), each variant
 # over the given seeds; then each run's last checkpoint on FRESH_N fresh level-6 problems (seed 8), as
-# bench/grpo_seeds.sh does on the CPU. ACCEL=cpu runs on the machine's cores (the config's pinned threads each),
-# ACCEL=gpu puts every run on the one GPU.
+# bench/grpo_seeds.sh does on the CPU. ACCEL=cpu runs on the machine's cores, each fit on the config's pinned threads
+# (grpo-quick.yaml: 2, so at most nproc/2 runs at once); ACCEL=gpu puts every run on the one GPU.
 # Run from the repo root on the device machine with `.whl` and the substrates carried; writes OUT/grpo-sweep.tgz.
-#   bash bench/device_grpo_sweep.sh "0 1 2" LIMIT_S "base|" "t05|--model.init_args.sampling.temperature=0.5" ...
+#   bash bench/device_grpo_sweep.sh "0 1 2" LIMIT_S "base|" "t07|--model.init_args.sampling.temperature=0.7" ...
 set -u -o pipefail
 [ $# -ge 3 ] || { echo 'usage: bash bench/device_grpo_sweep.sh "SEEDS" LIMIT_S "NAME|FLAGS" ...'; exit 2; }
 OUT=${OUT:-/tmp/out}; R=/tmp/grpo-sweep; SEEDS=$1; LIMIT=$2; shift 2
@@ -15,7 +15,7 @@ rm -rf "$R"; mkdir -p "$R" "$OUT"
 source bench/device_runs.sh
 nproc; lscpu | grep -E "Model name|^CPU\(s\)|Thread" || true; nvidia-smi -L 2>/dev/null || true
 fresh() {  # NAME CHECKPOINT_DIR
-  timeout $((LIMIT - SECONDS - 10 > 1 ? LIMIT - SECONDS - 10 : 1)) $SP eval --checkpoint "$2" --problems "$FRESH" \
+  OMP_NUM_THREADS=1 timeout $((LIMIT - SECONDS - 10 > 1 ? LIMIT - SECONDS - 10 : 1)) $SP eval --checkpoint "$2" --problems "$FRESH" \
     --template synthetic --sampling.max_new_tokens 84 --batch_size 500 --device "$DEV" > "$R/fresh-$1.log" 2>&1
 }
 for s in $SEEDS; do fresh "substrate-s$s" "${SUBSTRATE//\{seed\}/$s}" & done
@@ -23,7 +23,7 @@ for v in "$@"; do
   name=${v%%|*}; flags=${v#*|}
   for s in $SEEDS; do
     D=$R/$name-s$s
-    ( OMP_NUM_THREADS=1 timeout $((LIMIT - 90)) $SP fit --config configs/grpo-quick.yaml --trainer.accelerator "$ACCEL" \
+    ( timeout $((LIMIT - 90)) $SP fit --config configs/grpo-quick.yaml --trainer.accelerator "$ACCEL" \
         --seed_everything "$s" --model.init_args.sampling.seed "$s" --data.init_args.seed "$s" \
         --trainer.default_root_dir "$D" --trainer.logger.init_args.save_dir "$D" \
         --trainer.logger.init_args.version run --trainer.logger.init_args.flush_logs_every_n_steps 10 \
