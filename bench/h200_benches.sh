@@ -37,7 +37,7 @@ serve)
 train)
   run train 150 python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 15 --warmup 6 --variants trainer,plain,nanogpt --anchors .devdata/anchors --out "$OUT/train.json" ;;
 fast)  # issue 15's training fast paths, GPT-2 124M B 32 x 1024: one process per variant (a failing path costs only itself);
-       # FAST_GPT2 / FAST_QWEN3 name other variants (bench/train_throughput.py: plain+fp8+cdt, plain+autotune, ...)
+       # FAST_GPT2 / FAST_QWEN3 name other variants (bench/train_throughput.py: plain+fp8+cdt, plain+autotune, plain+graphs, ...)
   for v in ${FAST_GPT2:-plain nanogpt plain+fp8 plain+fp8head}; do
     run "fast-gpt2-${v//+/_}" ${FAST_LIMIT:-130} python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 12 --warmup 5 --variants "$v" --anchors .devdata/anchors --out "$OUT/fast-gpt2-${v//+/_}.json"
   done ;;

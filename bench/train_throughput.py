@@ -53,7 +53,8 @@ def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> flo
 
     `fast` names optional fast paths (variant `plain+fp8+cdt`, ...): fp8 = float8 matmuls for every
     block linear (torchao), fp8head = the LM head too, cdt = inductor coordinate-descent tuning,
-    autotune = compile mode max-autotune-no-cudagraphs.
+    autotune = compile mode max-autotune-no-cudagraphs, graphs = compile mode reduce-overhead (the
+    compiled forward and backward replayed as CUDA graphs; the optimizer step stays eager).
     """
     from spine.speed import compiler_tuning, float8_linears
 
@@ -65,7 +66,9 @@ def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> flo
             raise SystemExit(f"variant plain+{'+'.join(fast)}: float8 not available: {why}")
         print(f"float8: {len(names)} linears", flush=True)
     compiler_tuning("cdt" in fast)
-    mode = "max-autotune-no-cudagraphs" if "autotune" in fast else None
+    if "autotune" in fast and "graphs" in fast:
+        raise SystemExit("variant plain+autotune+graphs: pick one compile mode")
+    mode = "max-autotune-no-cudagraphs" if "autotune" in fast else "reduce-overhead" if "graphs" in fast else None
     if args.compile and args.compile_scope == "model":
         model.compile(mode=mode)
     loss_fn = make_loss_fn(model, chunked=args.chunked_ce, compile=bool(args.compile) and args.compile_scope == "loss",
@@ -84,6 +87,8 @@ def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> flo
                 it = iter(loader)
                 b = next(it)
             b = {k: v.cuda(non_blocking=True) for k, v in b.items()}
+        if mode == "reduce-overhead":  # a new step: the graphs' previous outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss_sum, n = loss_fn(b["input_ids"], b["targets"])
         (loss_sum / n).backward()
@@ -233,7 +238,7 @@ def main() -> None:
     rows = []
     for variant in args.variants.split(","):
         base_name, *flags = variant.split("+")
-        allowed = {"plain": {"fp8", "fp8head", "cdt", "autotune"}, "trainer": {"fp8", "cdt"}}.get(base_name, set())
+        allowed = {"plain": {"fp8", "fp8head", "cdt", "autotune", "graphs"}, "trainer": {"fp8", "cdt"}}.get(base_name, set())
         if set(flags) - allowed:
             raise SystemExit(f"variant {variant}: unknown fast path(s) {sorted(set(flags) - allowed)}; "
                              f"{base_name} takes {sorted(allowed) or 'none'}")
