@@ -3,7 +3,7 @@
 # Each run pins the config's threads (grpo-quick.yaml: 2, the whole 2-core machine), so runs go one after another.
 # CONFIG names another config; for one pinned to one thread, THREADS=1 SIDE_BY_SIDE=1 runs a GRPO run and its control
 # together (as the earlier configs were measured: git show bfca194:configs/grpo-quick.yaml > /tmp/grpo-200.yaml).
-# THREADS: torch threads of the consolidation and evaluation steps.
+# THREADS: torch threads of the consolidation and evaluation steps. SEEDS: which seeds (default "0 1 2").
 # Then each run's final model (last.ckpt, not the best) on 400 fresh level-6 problems (seed 8; the runs
 # evaluate seed 7 during training and pick their best checkpoint on it), and the substrate on the same.
 #   bash bench/grpo_seeds.sh [OUT_DIR]
@@ -14,12 +14,13 @@ SUBSTRATE=${SUBSTRATE:-runs/substrate-cpu-level/final}   # "{seed}" in it become
 FRESH="task:chain:levels=6,n=${FRESH_N:-400},seed=8,split=eval"   # FRESH_N=2000: a 95% interval of +-2 instead of +-4.5
 THREADS=${THREADS:-2}
 CONFIG=${CONFIG:-configs/grpo-quick.yaml}
+SEEDS=${SEEDS:-0 1 2}
 mkdir -p "$out"
 fresh() {  # name, spine checkpoint dir
   OMP_NUM_THREADS=$THREADS spine eval --checkpoint "$2" --problems "$FRESH" --template synthetic \
     --sampling.max_new_tokens 84 --batch_size 200 --device cpu --traces "$out/fresh-$1.jsonl" > "$out/fresh-$1.log" 2>&1
 }
-for s in 0 1 2; do
+for s in $SEEDS; do
   for arm in grpo random; do
     (
       extra=()
@@ -42,7 +43,7 @@ for s in 0 1 2; do
   cat "$out"/*-seed$s.time
 done
 if [[ $SUBSTRATE == *"{seed}"* ]]; then
-  for s in 0 1 2; do THREADS=1 fresh "substrate-seed$s" "${SUBSTRATE//\{seed\}/$s}" & done; wait   # 3 x 1 thread
+  for s in $SEEDS; do THREADS=1 fresh "substrate-seed$s" "${SUBSTRATE//\{seed\}/$s}" & done; wait   # 3 x 1 thread
 else
   fresh substrate "$SUBSTRATE"
 fi
