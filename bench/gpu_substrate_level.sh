@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU substrate at a level, over seeds: configs/substrate-gpu-level.yaml (the CPU substrate's recipe on CUDA,
+# The GPU substrate at a level, over seeds: configs/substrate-gpu-level.yaml (the CPU substrate's recipe on CUDA, checked on level 6 alone,
 # keeping the weights closest to 30% on 1,000 training-split level-6 problems) -> `spine consolidate` -> greedy
 # on the CPU substrate's held-out levels 4-6 (2,000 each), one run per seed side by side on one GPU.
 # Run from the repo root on the device machine with `.whl` carried; writes OUT/substrate-level.tgz.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# GRPO and its random-reward control, 3 seeds, configs/grpo-quick.yaml (docs/grpo.md, "Measurements").
+# GRPO and its random-reward control, each seed in SEEDS (default 0 1 2), configs/grpo-quick.yaml (docs/grpo.md, "Measurements").
 # Each run pins the config's threads (grpo-quick.yaml: 2, the whole 2-core machine), so runs go one after another.
 # CONFIG names another config; for one pinned to one thread, THREADS=1 SIDE_BY_SIDE=1 runs a GRPO run and its control
 # together (as the earlier configs were measured: git show bfca194:configs/grpo-quick.yaml > /tmp/grpo-200.yaml).
@@ -43,7 +43,7 @@ for s in $SEEDS; do
   cat "$out"/*-seed$s.time
 done
 if [[ $SUBSTRATE == *"{seed}"* ]]; then
-  for s in $SEEDS; do THREADS=1 fresh "substrate-seed$s" "${SUBSTRATE//\{seed\}/$s}" & done; wait   # 3 x 1 thread
+  for s in $SEEDS; do THREADS=1 fresh "substrate-seed$s" "${SUBSTRATE//\{seed\}/$s}" & done; wait   # 1 thread each
 else
   fresh substrate "$SUBSTRATE"
 fi
