@@ -3,7 +3,7 @@
 # Each run pins the config's threads (grpo-quick.yaml: 2, the whole 2-core machine), so runs go one after another.
 # CONFIG names another config; for one pinned to one thread, THREADS=1 SIDE_BY_SIDE=1 runs a GRPO run and its control
 # together (as the earlier configs were measured: git show bfca194:configs/grpo-quick.yaml > /tmp/grpo-200.yaml).
-# THREADS: torch threads of the consolidation and evaluation steps. SEEDS: which seeds (default "0 1 2").
+# THREADS: torch threads of the consolidation and evaluation steps.
 # Then each run's final model (last.ckpt, not the best) on 400 fresh level-6 problems (seed 8; the runs
 # evaluate seed 7 during training and pick their best checkpoint on it), and the substrate on the same.
 #   bash bench/grpo_seeds.sh [OUT_DIR]

@@ -68,6 +68,8 @@ def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> flo
     compiler_tuning("cdt" in fast)
     if "autotune" in fast and "graphs" in fast:
         raise SystemExit("variant plain+autotune+graphs: pick one compile mode")
+    if ("autotune" in fast or "graphs" in fast) and not args.compile:
+        raise SystemExit(f"variant plain+{'+'.join(fast)}: a compile mode needs --compile 1")
     mode = "max-autotune-no-cudagraphs" if "autotune" in fast else "reduce-overhead" if "graphs" in fast else None
     if args.compile and args.compile_scope == "model":
         model.compile(mode=mode)
