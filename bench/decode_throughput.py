@@ -26,6 +26,7 @@ from spine.model import GPT  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_nsamples import IdsOnly, per_step_profile  # noqa: E402
+from train_throughput import plain_head  # noqa: E402
 
 
 def timed(fn, reps: int, warmup: int) -> float:
@@ -50,7 +51,8 @@ def main() -> None:
     ap.add_argument("--top_k", type=int, default=50)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--variants", default="spine,spine_eager,hf")
+    ap.add_argument("--variants", default="spine,spine_eager,hf",
+                    help="spine (compiled), spine_plainhead (compiled, an unaligned vocabulary's head as a plain linear), spine_eager, hf")
     ap.add_argument("--profile", action="store_true", help="per decode step: aten ops, kernels, kernel µs, syncs")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -75,8 +77,9 @@ def main() -> None:
         prompts = torch.randint(0, cfg.vocab_size, (B, args.prompt_len), generator=g)
         for variant in args.variants.split(","):
             if variant.startswith("spine"):
+                plain_head(variant == "spine_plainhead")
                 # compiled: the engine keeps its cache buffers per shape, so the CUDA graph is reused
-                engine = Engine(model, IdsOnly(), batch_size=B, compile=variant == "spine", sync_every=10**9)
+                engine = Engine(model, IdsOnly(), batch_size=B, compile=variant != "spine_eager", sync_every=10**9)
                 ids = prompts.tolist()
 
                 def run(n):
@@ -97,7 +100,7 @@ def main() -> None:
                    "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "total_s": total}
             if args.profile:
                 hi = min(args.new_tokens, 64)
-                prof = per_step_profile(run, hi, hi // 2, cuda=True)
+                prof = per_step_profile(run, hi, hi // 2, cuda=True, top=10)
                 row.update({f"step_{k}": prof[k] for k in ("aten_ops", "kernels", "kernel_us", "syncs")},
                            top_kernels=prof["top_kernels"])
             rows.append(row)

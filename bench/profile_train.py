@@ -2,9 +2,15 @@
 
     python3 bench/profile_train.py --model gpt2-124m --batch 32
     python3 bench/profile_train.py --model qwen3-0.6b --batch 8 --fsdp2   # FSDP2 at world size 1
+    python3 bench/profile_train.py --model gpt2-124m --batch 32 --bandwidth   # + bytes and GB/s per Triton kernel
 
 Prints GPU time per step (kernel sum) and wall time per step: a wall time well above the GPU time
 means the step is bound by the host (Python, hooks, launches), not by kernels.
+
+`--bandwidth` adds inductor's own bandwidth profile (`profile_bandwidth`) of the compiled graphs' Triton
+kernels, the fused elementwise / norm / cross-entropy work: each kernel's time and the bytes of its inputs and
+outputs, beside the GPU's copy bandwidth measured in the same process. A kernel near the copy bandwidth
+can only get faster by moving fewer bytes (fusing across the matmuls), not by better code for the same bytes.
 """
 from __future__ import annotations
 
@@ -35,14 +41,74 @@ def family(name: str) -> str:
     return "other"
 
 
+def copy_gbps(n_bytes: int = 2 << 30) -> float:
+    """The device-to-device copy bandwidth (read + write bytes per second, in GB/s): the roofline the
+    memory-bound kernels are held against."""
+    x = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        y.copy_(x)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n_bytes * 10 / (start.elapsed_time(end) / 1e3) / 1e9
+
+
+def parse_bandwidth(text: str) -> list[tuple[float, float, str, str]]:
+    """(ms, GB, kernel, graph file) for every kernel line of inductor's `profile_bandwidth_output`."""
+    rows, graph = [], "?"
+    for line in text.splitlines():
+        if line.startswith("TRITON KERNELS BANDWIDTH INFO"):
+            graph = line.rsplit("/", 1)[-1].rstrip(")")
+            continue
+        parts = [p.strip() for p in line.split("\t") if p.strip()]
+        if len(parts) >= 5 and parts[0].endswith("ms") and parts[1].endswith("GB"):
+            rows.append((float(parts[0][:-2]), float(parts[1][:-2]), parts[-1], graph))
+    return rows
+
+
+def report_bandwidth(text: str, peak: float, top: int = 15) -> None:
+    """Per compiled graph and in all: Triton time, bytes, GB/s, and the time the same bytes take at `peak`."""
+    rows = parse_bandwidth(text)
+    if not rows:
+        raise SystemExit("inductor wrote no bandwidth lines: is this torch's inductor on CUDA?")
+    print(f"device copy bandwidth: {peak:,.0f} GB/s (read + write)")
+    print("| graph | Triton kernels | ms | GB | GB/s | ms at copy bandwidth |\n|---|---:|---:|---:|---:|---:|")
+    graphs = sorted({g for *_, g in rows})
+    for g in graphs + ["all"]:
+        sel = [r for r in rows if g in ("all", r[3])]
+        ms, gb = sum(r[0] for r in sel), sum(r[1] for r in sel)
+        print(f"| {g} | {len(sel)} | {ms:.2f} | {gb:.2f} | {gb / ms * 1e3:,.0f} | {gb / peak * 1e3:.2f} |")
+    print(f"\ntop {top} Triton kernels by time:\n| ms | GB | GB/s | % of copy bw | kernel |\n|---:|---:|---:|---:|---|")
+    for ms, gb, name, _ in sorted(rows, reverse=True)[:top]:
+        print(f"| {ms:.3f} | {gb:.3f} | {gb / ms * 1e3:,.0f} | {gb / ms * 1e3 / peak:.0%} | {name[:80]} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gpt2-124m")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--fsdp2", action="store_true", help="shard as PretrainModule does under ModelParallelStrategy")
+    ap.add_argument("--bandwidth", action="store_true", help="bytes and GB/s of every Triton kernel (inductor)")
+    ap.add_argument("--n_layer", type=int, default=None,
+                    help="fewer blocks than the preset (every block runs the same kernels; compiles faster)")
     args = ap.parse_args()
-    cfg = ModelConfig.from_preset(args.model, context_length=args.ctx, pad_vocab_to=64)
+    if args.bandwidth:
+        import tempfile
+
+        import torch._inductor.config as inductor_config
+
+        bw_file = Path(tempfile.mkdtemp(prefix="spine-bw-")) / "bandwidth.txt"
+        inductor_config.profile_bandwidth = True
+        inductor_config.profile_bandwidth_output = str(bw_file)
+        # with the harness on, torch 2.11 calls the compiled module's benchmark without its arguments and fails
+        inductor_config.benchmark_harness = False
+    cfg = ModelConfig.from_preset(args.model, context_length=args.ctx, pad_vocab_to=64,
+                                  **({"n_layer": args.n_layer} if args.n_layer else {}))
     model = GPT(cfg).cuda()
     if args.fsdp2:
         import os
@@ -74,6 +140,13 @@ def main() -> None:
 
     import time
 
+    if args.bandwidth:
+        step()  # compiles; each later call of a compiled graph appends its kernels to bw_file
+        bw_file.write_text("")
+        step()
+        torch.cuda.synchronize()
+        report_bandwidth(bw_file.read_text(), copy_gbps())
+        return
     for _ in range(8):
         step()
     torch.cuda.synchronize()

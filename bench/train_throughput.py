@@ -48,15 +48,31 @@ def make_batch(cfg: ModelConfig, B: int, T: int, device) -> dict:
     return {"input_ids": ids[:, :-1].to(device), "targets": ids[:, 1:].to(device)}
 
 
+def plain_head(on: bool) -> None:
+    """on: the output layer is a plain `F.linear` even when its row count is not a multiple of 8 (spine before
+    `spine.model.head_logits`), to measure the padded head in the same run. off: spine's default."""
+    import spine.model as sm
+
+    default = plain_head.__dict__.setdefault("default", sm.head_logits)
+    want = torch.nn.functional.linear if on else default
+    if sm.head_logits is not want:
+        sm.head_logits = want
+        torch._dynamo.reset()
+
+
 def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> float:
     """The spine core in a hand-written loop (no Lightning): the reference for Lightning's overhead.
 
     `fast` names optional fast paths (variant `plain+fp8+cdt`, ...): fp8 = float8 matmuls for every
     block linear (torchao), fp8head = the LM head too, cdt = inductor coordinate-descent tuning,
     autotune = compile mode max-autotune-no-cudagraphs, graphs = compile mode reduce-overhead (the
-    compiled forward and backward replayed as CUDA graphs; the optimizer step stays eager).
+    compiled forward and backward replayed as CUDA graphs; the optimizer step stays eager), plainhead = an
+    unaligned vocabulary's head as a plain linear (what spine did before its padded head; use with
+    --pad_vocab_to 1).
     """
     from spine.speed import compiler_tuning, float8_linears
+
+    plain_head("plainhead" in fast)
 
     torch.manual_seed(0)
     model = GPT(cfg).cuda()
@@ -240,7 +256,7 @@ def main() -> None:
     rows = []
     for variant in args.variants.split(","):
         base_name, *flags = variant.split("+")
-        allowed = {"plain": {"fp8", "fp8head", "cdt", "autotune", "graphs"}, "trainer": {"fp8", "cdt"}}.get(base_name, set())
+        allowed = {"plain": {"fp8", "fp8head", "cdt", "autotune", "graphs", "plainhead"}, "trainer": {"fp8", "cdt"}}.get(base_name, set())
         if set(flags) - allowed:
             raise SystemExit(f"variant {variant}: unknown fast path(s) {sorted(set(flags) - allowed)}; "
                              f"{base_name} takes {sorted(allowed) or 'none'}")

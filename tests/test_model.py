@@ -200,3 +200,27 @@ def test_compile_fullgraph_traces(preset):
 def test_compile_inductor_matches_eager(preset):
     """The same with inductor codegen (30-60 s per model on 2 CPU cores, hence slow)."""
     _check_compile(preset, "inductor", "inductor")
+
+
+
+def test_head_logits_equal_the_linear_head_forward_and_backward():
+    """The padded head (used on CUDA when the vocabulary is not a multiple of 8) computes F.linear, and its
+    gradients are those of the unpadded weight and bias."""
+    from spine.model import head_logits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 16, generator=g)
+    for bias in (None, torch.randn(37, generator=g)):
+        w = torch.randn(37, 16, generator=g).requires_grad_()
+        b = None if bias is None else bias.clone().requires_grad_()
+        got = head_logits(x, w, b)
+        assert got.shape == (5, 3, 37)
+        want_w, want_b = w.detach().clone().requires_grad_(), None if b is None else b.detach().clone().requires_grad_()
+        want = torch.nn.functional.linear(x, want_w, want_b)
+        assert torch.allclose(got, want, atol=1e-5)
+        upstream = torch.randn(want.shape, generator=g)
+        (got * upstream).sum().backward()
+        (want * upstream).sum().backward()
+        assert w.grad.shape == (37, 16) and torch.allclose(w.grad, want_w.grad, atol=1e-5)
+        if b is not None:
+            assert torch.allclose(b.grad, want_b.grad, atol=1e-5)
