@@ -52,12 +52,20 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variants", default="spine,spine_eager,hf",
-                    help="spine (compiled), spine_plainhead (compiled, an unaligned vocabulary's head as a plain linear), spine_eager, hf")
+                    help="spine (compiled), spine_plainhead (compiled, an unaligned head as a plain linear), "
+                         "spine_eager, hf")
     ap.add_argument("--profile", action="store_true", help="per decode step: aten ops, kernels, kernel µs, syncs")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
     cfg = ModelConfig.from_preset(args.model, context_length=1024 if args.model.startswith("gpt2") else 2048)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - {"spine", "spine_plainhead", "spine_eager", "hf"})
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from spine, spine_plainhead, spine_eager, hf")
+    if "spine_plainhead" in variants and cfg.padded_vocab_size % 8 == 0:
+        raise SystemExit(f"spine_plainhead: {args.model}'s head has {cfg.padded_vocab_size} rows, aligned already "
+                         "(it would measure spine again)")
     torch.manual_seed(0)
     model = GPT(cfg).cuda().to(torch.bfloat16).eval()
     hf_model = None

@@ -51,10 +51,10 @@ headtrain)  # the same in training: GPT-2 124M with its vocabulary unpadded (an 
   run head-train ${HEAD_LIMIT:-200} python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 12 --warmup 5 --pad_vocab_to 1 --variants plain,plain+plainhead --out "$OUT/head-train.json" ;;
 bw)  # bytes and GB/s of every Triton kernel of the GPT-2 124M step, beside the copy bandwidth (issue 15's "profile that shows why")
   run bw-gpt2 ${BW_LIMIT:-180} python3 bench/profile_train.py --model gpt2-124m --batch 32 --bandwidth ;;
-bwq)  # the same for the Qwen3-0.6B shape
+bwq)  # the same for the Qwen3-0.6B shape, 8 of its 28 blocks by default (all 28 did not finish in 280 s; then raise BW_LIMIT)
   run bw-qwen3 ${BW_LIMIT:-240} python3 bench/profile_train.py --model qwen3-0.6b --batch 16 --bandwidth --n_layer ${BW_LAYERS:-8} ;;
 prof)  # where the GPT-2 124M step spends GPU time (torch.profiler: the per-kernel times beside bw's bytes)
   run prof-gpt2 ${PROF_LIMIT:-110} python3 bench/profile_train.py --model gpt2-124m --batch 32 ;;
 profq)  # where the Qwen3-0.6B shape's step spends GPU time (issue 15's 55% MFU target)
-  run prof-qwen3 ${PROF_LIMIT:-110} python3 bench/profile_train.py --model qwen3-0.6b --batch 16 ;;
+  run prof-qwen3 ${PROF_LIMIT:-110} python3 bench/profile_train.py --model qwen3-0.6b --batch 16 ${PROF_LAYERS:+--n_layer $PROF_LAYERS} ;;
 esac; done

@@ -260,6 +260,10 @@ def main() -> None:
         if set(flags) - allowed:
             raise SystemExit(f"variant {variant}: unknown fast path(s) {sorted(set(flags) - allowed)}; "
                              f"{base_name} takes {sorted(allowed) or 'none'}")
+        if "plainhead" in flags and cfg.padded_vocab_size % 8 == 0:
+            raise SystemExit(f"variant {variant}: the head's {cfg.padded_vocab_size} rows are aligned already, so "
+                             "plainhead would measure plain again; use --pad_vocab_to 1 with a GPT-2 vocabulary")
+        plain_head(False)  # each variant starts from spine's own head; plain+plainhead switches it for itself
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

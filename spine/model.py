@@ -86,13 +86,21 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+def pads_head(head: nn.Module, device_type: str) -> bool:
+    """Whether `GPT.forward` computes the output layer with `head_logits`: a plain `nn.Linear` on CUDA whose
+    rows are not a multiple of 8. The exact type, not isinstance: float8, LoRA and FSDP-wrapped heads run their
+    own forward. (The chunked loss and KD call the head directly: at training sizes the padding measured neutral.)"""
+    return device_type == "cuda" and type(head) is nn.Linear and head.weight.shape[0] % 8 != 0
+
+
 def head_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for an output layer whose row count (the vocabulary) is not a multiple of 8.
 
     Such logits have an unaligned row stride, and cuBLAS then falls back to an old unaligned kernel (GPT-2's
     50,257-row head at 64 decode rows: 155 µs on an H200, the largest kernel of the decode step). The weight is
     padded with zero rows to a multiple of 8 and the padding columns sliced off the logits: one copy of the
-    weight per call, then aligned kernels forward and backward (the gradient of the padding is dropped).
+    weight per call (35 µs there), then aligned kernels forward and backward (the gradient of the padding is
+    dropped). A padded copy kept between calls would save the 35 µs but go stale when training updates the weight.
     """
     rows = weight.shape[0]
     pad = -rows % 8
@@ -318,7 +326,7 @@ class GPT(nn.Module):
         if return_hidden:
             return x
         head = self.lm_head
-        if x.is_cuda and type(head) is nn.Linear and head.weight.shape[0] % 8:
+        if pads_head(head, x.device.type):
             return head_logits(x, head.weight, head.bias)
         return head(x)
 

@@ -202,12 +202,19 @@ def test_compile_inductor_matches_eager(preset):
     _check_compile(preset, "inductor", "inductor")
 
 
-
 def test_head_logits_equal_the_linear_head_forward_and_backward():
     """The padded head (used on CUDA when the vocabulary is not a multiple of 8) computes F.linear, and its
     gradients are those of the unpadded weight and bias."""
-    from spine.model import head_logits
+    from spine.model import head_logits, pads_head
 
+    # which heads take the padded path: plain linears with unaligned rows, on CUDA only
+    assert pads_head(torch.nn.Linear(16, 37), "cuda") and pads_head(torch.nn.Linear(16, 2), "cuda")
+    assert not pads_head(torch.nn.Linear(16, 40), "cuda") and not pads_head(torch.nn.Linear(16, 37), "cpu")
+
+    class Wrapped(torch.nn.Linear):  # e.g. a float8 linear: runs its own forward
+        pass
+
+    assert not pads_head(Wrapped(16, 37), "cuda")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 3, 16, generator=g)
     for bias in (None, torch.randn(37, generator=g)):
@@ -224,3 +231,19 @@ def test_head_logits_equal_the_linear_head_forward_and_backward():
         assert w.grad.shape == (37, 16) and torch.allclose(w.grad, want_w.grad, atol=1e-5)
         if b is not None:
             assert torch.allclose(b.grad, want_b.grad, atol=1e-5)
+
+
+def test_forward_routes_an_unaligned_head_through_head_logits(monkeypatch):
+    """GPT.forward's wiring of the padded head (its CUDA condition forced true here): same logits, full and
+    last-only, as the plain head."""
+    import spine.model as sm
+
+    torch.manual_seed(0)
+    model = GPT.from_preset("gpt2-tiny", vocab_size=37).eval()
+    idx = torch.randint(0, 37, (2, 9))
+    want, want_last = model(idx), model(idx, last_only=True)
+    calls = []
+    monkeypatch.setattr(sm, "pads_head", lambda head, device_type: calls.append(device_type) or True)
+    got, got_last = model(idx), model(idx, last_only=True)
+    assert calls == ["cpu", "cpu"] and got.shape == want.shape == (2, 9, 37)
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(got_last, want_last, atol=1e-5)
