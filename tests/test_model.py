@@ -247,3 +247,21 @@ def test_forward_routes_an_unaligned_head_through_head_logits(monkeypatch):
     got, got_last = model(idx), model(idx, last_only=True)
     assert calls == ["cpu", "cpu"] and got.shape == want.shape == (2, 9, 37)
     assert torch.allclose(got, want, atol=1e-5) and torch.allclose(got_last, want_last, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the padded head is a CUDA path")
+def test_padded_head_on_cuda_matches_cpu():
+    """On CUDA an unaligned head (37 rows) runs padded: logits and gradients (tied embeddings included) equal the
+    CPU model's plain head, full and last-only."""
+    torch.manual_seed(0)
+    cpu = GPT.from_preset("gpt2-tiny", vocab_size=37)
+    gpu = GPT.from_preset("gpt2-tiny", vocab_size=37).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    idx = torch.randint(0, 37, (3, 11))
+    want, got = cpu(idx), gpu(idx.cuda())
+    assert torch.allclose(got.cpu(), want, atol=1e-4)
+    assert torch.allclose(gpu(idx.cuda(), last_only=True).cpu(), want[:, -1:], atol=1e-4)
+    want.square().mean().backward()
+    got.square().mean().backward()
+    for (name, p), q in zip(cpu.named_parameters(), gpu.parameters()):
+        assert torch.allclose(q.grad.cpu(), p.grad, atol=1e-4), name
