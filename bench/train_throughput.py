@@ -48,16 +48,18 @@ def make_batch(cfg: ModelConfig, B: int, T: int, device) -> dict:
     return {"input_ids": ids[:, :-1].to(device), "targets": ids[:, 1:].to(device)}
 
 
+import spine.model as _spine_model  # noqa: E402
+
+_PADDED_HEAD = _spine_model.head_logits  # spine's own, kept to switch back to
+
+
 def plain_head(on: bool) -> None:
     """on: the output layer is a plain `F.linear` even when its row count is not a multiple of 8 (spine before
     `spine.model.head_logits`), to measure the padded head in the same run. off: spine's default."""
-    import spine.model as sm
-
-    default = plain_head.__dict__.setdefault("default", sm.head_logits)
-    want = torch.nn.functional.linear if on else default
-    if sm.head_logits is not want:
-        sm.head_logits = want
-        torch._dynamo.reset()
+    want = torch.nn.functional.linear if on else _PADDED_HEAD
+    if _spine_model.head_logits is not want:
+        _spine_model.head_logits = want
+        torch._dynamo.reset()  # compiled graphs traced the other head
 
 
 def bench_plain(cfg, B, T, args, loader=None, fast: tuple[str, ...] = ()) -> float:
