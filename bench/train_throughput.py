@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spine.config import ModelConfig  # noqa: E402
+import spine.model as _spine_model  # noqa: E402
 from spine.model import GPT  # noqa: E402
 from spine.training import make_loss_fn, param_groups  # noqa: E402
 
@@ -47,8 +48,6 @@ def make_batch(cfg: ModelConfig, B: int, T: int, device) -> dict:
     ids = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g)
     return {"input_ids": ids[:, :-1].to(device), "targets": ids[:, 1:].to(device)}
 
-
-import spine.model as _spine_model  # noqa: E402
 
 _PADDED_HEAD = _spine_model.head_logits  # spine's own, kept to switch back to
 
