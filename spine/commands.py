@@ -405,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {k: v for k, v in vars(cfg[name]).items() if k != "config"}
     try:
         return int(COMMANDS[name](**kwargs) or 0)
+    except BrokenPipeError:
+        # the reader stopped reading (`spine configs | head`): nothing went wrong here. Point stdout at devnull
+        # so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, OSError, RuntimeError, ArgumentError) as e:
         if os.environ.get("SPINE_DEBUG"):
             raise

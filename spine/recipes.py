@@ -9,12 +9,14 @@ Each recipe may start with a header of `# key: value` comment lines that this li
     # disk: what the run writes (checkpoints, caches)
     # needs: files or network it needs
 
+A field continues on the comment lines below it that are indented by two or more spaces (`#   more`).
 A recipe without the header is listed too: its first comment line is the summary and the rest
 reads "-". Numbers come from the recipe's author; nothing here measures anything.
 """
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +24,7 @@ from .commands import command
 
 FIELDS = ("summary", "cpu", "gpu", "memory", "disk", "needs")
 _KEY = re.compile(r"#\s*(" + "|".join(FIELDS) + r")\s*:\s*(.*)$")
+_MORE = re.compile(r"#\s{2,}(\S.*)$")  # an indented comment line: continues the field above
 
 
 def default_config_dir() -> Path:
@@ -38,17 +41,25 @@ def read_header(path: str | Path) -> dict[str, str]:
         lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return info
+    field = None  # the field the next indented line continues
     for line in lines:
         s = line.strip()
         if not s:
+            field = None
             continue
         if not s.startswith("#"):
             break  # the header is the leading comment block
         m = _KEY.match(s)
+        more = _MORE.match(s)
         if m:
+            field = m.group(1) if m.group(1) not in info else None
             info.setdefault(m.group(1), m.group(2).strip())
-        elif first_comment is None and s.lstrip("#").strip():
-            first_comment = s.lstrip("#").strip()
+        elif field is not None and more:
+            info[field] += " " + more.group(1).strip()
+        else:
+            field = None
+            if first_comment is None and s.lstrip("#").strip():
+                first_comment = s.lstrip("#").strip()
     if "summary" not in info and first_comment:
         info["summary"] = first_comment
     return info
@@ -75,18 +86,22 @@ def configs(config_dir: Optional[str] = None, verbose: bool = False) -> int:
         verbose: one block per recipe with every header field, instead of one line each.
     """
     recipes = list_recipes(config_dir)
-    width = max((len(name) for name, _ in recipes), default=10)
-    wc = max([3] + [len(info.get("cpu", "-")) for _, info in recipes])
-    wg = max([3] + [len(info.get("gpu", "-")) for _, info in recipes])
-    if not verbose:
-        print(f"{'recipe':<{width}}  {'cpu':<{wc}}  {'gpu':<{wg}}  summary")
-    for name, info in recipes:
-        if verbose:
+    if verbose:
+        for name, info in recipes:
             print(name)
             for key in FIELDS:
                 print(f"  {key + ':':<8} {info.get(key, '-')}")
-        else:
-            cpu, gpu = (info.get(k, "-") for k in ("cpu", "gpu"))
-            print(f"{name:<{width}}  {cpu:<{wc}}  {gpu:<{wg}}  {info.get('summary', '-')}")
-    print("\nrun one: spine fit --config RECIPE   (spine configs --verbose true: memory, disk, what it needs)")
+    else:
+        # two lines per recipe, as wide as the terminal: long fields are cut (--verbose true prints them whole)
+        cols = max(80, shutil.get_terminal_size((120, 24)).columns)
+        width = max((len(name) for name, _ in recipes), default=10)
+        half = (cols - 16) // 2
+        for name, info in recipes:
+            print(f"{name:<{width}}  {_cut(info.get('summary', '-'), cols - width - 2)}")
+            print(f"    cpu: {_cut(info.get('cpu', '-'), half):<{half}}  gpu: {_cut(info.get('gpu', '-'), half)}")
+    print("\nrun one: spine fit --config RECIPE    every field whole, with memory, disk, needs: --verbose true")
     return 0
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1].rstrip() + "…"

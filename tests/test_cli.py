@@ -91,17 +91,36 @@ def test_latest_link_points_at_the_run_and_never_replaces_a_folder(tmp_path):
     assert link_latest(other / "version_0") is None and (other / "latest").is_dir()
 
 
-def test_configs_lists_every_shipped_recipe_with_its_header(capsys):
+def test_configs_lists_every_shipped_recipe_with_its_header(capsys, monkeypatch):
+    """Every recipe, in two lines (name + summary; cpu and gpu) no wider than the terminal: long fields cut
+    with an ellipsis, shown whole with --verbose true. Every shipped recipe has a summary header."""
+    from spine.recipes import read_header
+
+    monkeypatch.setenv("COLUMNS", "100")
     code, out, err = _run(capsys, ["configs"])
     assert code == 0, err
     shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-    listed = [line.split()[0] for line in out.splitlines()[1:] if line.startswith("configs/")]
+    lines = out.splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("configs/")]
     assert listed == shipped
-    row = next(line for line in out.splitlines() if line.startswith("configs/quickstart.yaml"))
+    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    i = next(i for i, line in enumerate(lines) if line.startswith("configs/quickstart.yaml"))
+    header = read_header(ROOT / "configs" / "quickstart.yaml")
+    summary, times = lines[i], lines[i + 1]
+    assert header["summary"][:40] in summary and times.strip().startswith("cpu: " + header["cpu"][:20])
+    long = next((name, h) for name, h in ((p, read_header(ROOT / p)) for p in shipped) if len(h.get("cpu", "")) > 60)
+    j = lines.index(next(line for line in lines if line.startswith(long[0])))
+    assert "…" in lines[j + 1] and long[1]["cpu"] not in lines[j + 1]
+    assert all("summary" in read_header(ROOT / p) for p in shipped)
+    code, out, err = _run(capsys, ["configs", "--verbose", "true"])
+    assert code == 0 and f"  cpu:     {long[1]['cpu']}" in out
+
+
+def test_config_header_fields_continue_on_indented_comment_lines(tmp_path):
     from spine.recipes import read_header
 
-    header = read_header(ROOT / "configs" / "quickstart.yaml")
-    assert header["cpu"] in row and header["summary"] in row
+    (tmp_path / "r.yaml").write_text("# summary: one\n#   two\n# cpu: 3 s\n# a comment, not a field\n#   three\nx: 1\n")
+    assert read_header(tmp_path / "r.yaml") == {"summary": "one two", "cpu": "3 s"}
 
 
 def test_configs_tolerates_recipes_without_a_header(capsys, tmp_path):
@@ -197,3 +216,20 @@ def test_fit_never_writes_its_config_over_a_file_in_the_working_directory(capsys
     assert (work / "config.yaml").read_text() == "mine: true\n"
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "PretrainModule" in saved and "max_steps: 1" in saved  # a run folder still gets its config
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_an_error(tmp_path):
+    """`spine configs | head -1`: the reader stops early; spine exits 0 with nothing on stderr."""
+    import subprocess
+    import sys
+
+    for i in range(1000):  # ~300 KB of listing: more than a pipe holds, so the writer does meet the closed end
+        (tmp_path / f"r{i:04d}.yaml").write_text(f"# summary: recipe {i} {'x' * 200}\nx: 1\n")
+    code = "import sys; from modules.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "configs", "--verbose", "true", "--config_dir", str(tmp_path)],
+                            cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `head -1` exiting
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Broken pipe" not in err and "Error" not in err, err
