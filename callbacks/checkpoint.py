@@ -160,4 +160,5 @@ class SpineCheckpoint(L.Callback):
         if self.at_fit_end:
             path = self._export(trainer, pl_module, "final")
             if path is not None:
-                rank_zero_info(f"spine checkpoint written to {path}")
+                checked = " (reloaded: logits bitwise equal)" if self.verify and not is_sharded(pl_module.model) else ""
+                rank_zero_info(f"spine checkpoint written to {path}{checked}")
