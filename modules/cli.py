@@ -295,6 +295,20 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `spine` console script."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        from spine.commands import silence_stdout, stdout_closed
+
+        if not stdout_closed():
+            raise
+        silence_stdout()  # `spine configs | head`: the reader had what it wanted; not an error
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())

@@ -385,6 +385,31 @@ def _expand_repeatable(argv: list[str]) -> list[str]:
     return out
 
 
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+    except (AttributeError, OSError, ValueError):  # no real descriptor (captured), or no poll (Windows)
+        return False
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def silence_stdout() -> None:
+    """Point stdout's descriptor at devnull, so the interpreter's last flush does not fail on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the exit code (0 ok, 2 usage or input error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -405,12 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {k: v for k, v in vars(cfg[name]).items() if k != "config"}
     try:
         return int(COMMANDS[name](**kwargs) or 0)
-    except BrokenPipeError:
-        # the reader stopped reading (`spine configs | head`): nothing went wrong here. Point stdout at devnull
-        # so the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except (ValueError, OSError, RuntimeError, ArgumentError) as e:
+        if isinstance(e, BrokenPipeError) and stdout_closed():
+            raise  # the reader of our output went away (`| head`): the console script ends quietly
         if os.environ.get("SPINE_DEBUG"):
             raise
         print(f"spine {name}: error: {e}", file=sys.stderr)

@@ -41,7 +41,7 @@ def read_header(path: str | Path) -> dict[str, str]:
         lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return info
-    field = None  # the field the next indented line continues
+    field = None  # the field the next indented line continues ("" for a repeated key: its lines are dropped)
     for line in lines:
         s = line.strip()
         if not s:
@@ -52,10 +52,11 @@ def read_header(path: str | Path) -> dict[str, str]:
         m = _KEY.match(s)
         more = _MORE.match(s)
         if m:
-            field = m.group(1) if m.group(1) not in info else None
+            field = "" if m.group(1) in info else m.group(1)
             info.setdefault(m.group(1), m.group(2).strip())
         elif field is not None and more:
-            info[field] += " " + more.group(1).strip()
+            if field:
+                info[field] = " ".join(filter(None, (info[field], more.group(1).strip())))
         else:
             field = None
             if first_comment is None and s.lstrip("#").strip():
@@ -79,11 +80,12 @@ def list_recipes(config_dir: str | Path | None = None) -> list[tuple[str, dict[s
 
 @command("configs")
 def configs(config_dir: Optional[str] = None, verbose: bool = False) -> int:
-    """List the shipped recipes (configs/*.yaml): what each does, its CPU/GPU time, memory and disk.
+    """List the shipped recipes (configs/*.yaml): what each does and its CPU/GPU time (--verbose: all fields).
 
     Args:
         config_dir: directory of recipes (default: the repository's configs/).
-        verbose: one block per recipe with every header field, instead of one line each.
+        verbose: one block per recipe with every header field whole, instead of two lines each cut to the
+            terminal's width.
     """
     recipes = list_recipes(config_dir)
     if verbose:
@@ -93,15 +95,32 @@ def configs(config_dir: Optional[str] = None, verbose: bool = False) -> int:
                 print(f"  {key + ':':<8} {info.get(key, '-')}")
     else:
         # two lines per recipe, as wide as the terminal: long fields are cut (--verbose true prints them whole)
-        cols = max(80, shutil.get_terminal_size((120, 24)).columns)
+        cols = max(40, shutil.get_terminal_size((120, 24)).columns)
         width = max((len(name) for name, _ in recipes), default=10)
         half = (cols - 16) // 2
         for name, info in recipes:
             print(f"{name:<{width}}  {_cut(info.get('summary', '-'), cols - width - 2)}")
             print(f"    cpu: {_cut(info.get('cpu', '-'), half):<{half}}  gpu: {_cut(info.get('gpu', '-'), half)}")
-    print("\nrun one: spine fit --config RECIPE    every field whole, with memory, disk, needs: --verbose true")
+    print(_cut("\nrun one: spine fit --config RECIPE   (all fields: --verbose true)", 1 + max(
+        40, shutil.get_terminal_size((120, 24)).columns)))
     return 0
 
 
 def _cut(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n - 1].rstrip() + "…"
+    """`text` in at most `n` characters, ending in an ellipsis when cut."""
+    if len(text) <= n:
+        return text
+    mark = "…" if _can_print("…") else "..."
+    if n <= len(mark):
+        return mark[:max(n, 0)]
+    return text[:n - len(mark)].rstrip() + mark
+
+
+def _can_print(text: str) -> bool:
+    import sys
+
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False

@@ -2,6 +2,8 @@
 "did you mean", no option prefixes, `--data.help`, and the `latest` run link."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -96,14 +98,15 @@ def test_configs_lists_every_shipped_recipe_with_its_header(capsys, monkeypatch)
     with an ellipsis, shown whole with --verbose true. Every shipped recipe has a summary header."""
     from spine.recipes import read_header
 
-    monkeypatch.setenv("COLUMNS", "100")
-    code, out, err = _run(capsys, ["configs"])
-    assert code == 0, err
     shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-    lines = out.splitlines()
-    listed = [line.split()[0] for line in lines if line.startswith("configs/")]
-    assert listed == shipped
-    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    for cols in (40, 100):
+        monkeypatch.setenv("COLUMNS", str(cols))
+        code, out, err = _run(capsys, ["configs"])
+        assert code == 0, err
+        lines = out.splitlines()
+        listed = [line.split()[0] for line in lines if line.startswith("configs/")]
+        assert listed == shipped
+        assert all(len(line) <= cols for line in lines), max(lines, key=len)
     i = next(i for i, line in enumerate(lines) if line.startswith("configs/quickstart.yaml"))
     header = read_header(ROOT / "configs" / "quickstart.yaml")
     summary, times = lines[i], lines[i + 1]
@@ -111,7 +114,10 @@ def test_configs_lists_every_shipped_recipe_with_its_header(capsys, monkeypatch)
     long = next((name, h) for name, h in ((p, read_header(ROOT / p)) for p in shipped) if len(h.get("cpu", "")) > 60)
     j = lines.index(next(line for line in lines if line.startswith(long[0])))
     assert "…" in lines[j + 1] and long[1]["cpu"] not in lines[j + 1]
-    assert all("summary" in read_header(ROOT / p) for p in shipped)
+    for path in shipped:  # every recipe says what it does in its own header, and no field swallowed a command line
+        text = (ROOT / path).read_text()
+        assert text.startswith("# summary:") or "\n# summary:" in text.split("\n\n")[0], path
+        assert not any(re.search(r"spine fit --config|-> runs/", v) for v in read_header(ROOT / path).values()), path
     code, out, err = _run(capsys, ["configs", "--verbose", "true"])
     assert code == 0 and f"  cpu:     {long[1]['cpu']}" in out
 
@@ -121,6 +127,10 @@ def test_config_header_fields_continue_on_indented_comment_lines(tmp_path):
 
     (tmp_path / "r.yaml").write_text("# summary: one\n#   two\n# cpu: 3 s\n# a comment, not a field\n#   three\nx: 1\n")
     assert read_header(tmp_path / "r.yaml") == {"summary": "one two", "cpu": "3 s"}
+    # an empty value continued; a repeated key (its continuation dropped too); a bare '#' ends a field
+    (tmp_path / "e.yaml").write_text("# summary: s\n# gpu:\n#   on a GPU\n# gpu: again\n#   not this\n# cpu: 1 s\n#\n"
+                                     "#   spine fit\n")
+    assert read_header(tmp_path / "e.yaml") == {"summary": "s", "gpu": "on a GPU", "cpu": "1 s"}
 
 
 def test_configs_tolerates_recipes_without_a_header(capsys, tmp_path):
@@ -226,8 +236,9 @@ def test_output_cut_short_by_a_closed_pipe_is_not_an_error(tmp_path):
     for i in range(1000):  # ~300 KB of listing: more than a pipe holds, so the writer does meet the closed end
         (tmp_path / f"r{i:04d}.yaml").write_text(f"# summary: recipe {i} {'x' * 200}\nx: 1\n")
     code = "import sys; from modules.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as a terminal user has it
     proc = subprocess.Popen([sys.executable, "-c", code, "configs", "--verbose", "true", "--config_dir", str(tmp_path)],
-                            cwd=ROOT,
+                            cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.readline()
     proc.stdout.close()  # like `head -1` exiting
