@@ -49,7 +49,7 @@ decodeab)  # GPT-2's unaligned 50,257-row head padded to a multiple of 8 vs as a
   run decode-ab ${DECODE_LIMIT:-180} python3 bench/decode_throughput.py --model gpt2-124m --batches 64 --variants spine,spine_plainhead,hf --reps 3 --warmup 2 --profile --out "$OUT/decode-ab.json" ;;
 headtrain)  # the same in training: GPT-2 124M with its vocabulary unpadded (an imported HF GPT-2), padded head vs plain linear
   run head-train ${HEAD_LIMIT:-200} python3 bench/train_throughput.py --model gpt2-124m --batch 32 --steps 12 --warmup 5 --pad_vocab_to 1 --variants plain,plain+plainhead --out "$OUT/head-train.json" ;;
-bw)  # bytes and GB/s of every Triton kernel of the GPT-2 124M step, beside the copy bandwidth (issue 15's "profile that shows why")
+bw)  # the bytes of every Triton kernel of the GPT-2 124M step, beside the copy bandwidth (issue 15's "profile that shows why")
   run bw-gpt2 ${BW_LIMIT:-180} python3 bench/profile_train.py --model gpt2-124m --batch 32 --bandwidth ;;
 bwq)  # the same for the Qwen3-0.6B shape, 8 of its 28 blocks by default (all 28 did not finish in 280 s; then raise BW_LIMIT)
   run bw-qwen3 ${BW_LIMIT:-240} python3 bench/profile_train.py --model qwen3-0.6b --batch 16 --bandwidth --n_layer ${BW_LAYERS:-8} ;;

@@ -52,6 +52,13 @@ def make_batch(cfg: ModelConfig, B: int, T: int, device) -> dict:
 _PADDED_HEAD = _spine_model.head_logits  # spine's own, kept to switch back to
 
 
+def refuse_aligned_plainhead(cfg, label: str) -> None:
+    """Exit when a plain-head variant would measure spine's own path again (the head needs no padding)."""
+    if cfg.padded_vocab_size % 8 == 0:
+        raise SystemExit(f"{label}: the head's {cfg.padded_vocab_size} rows are aligned already, so the plain head "
+                         "would measure spine again; use an unpadded GPT-2 vocabulary (--pad_vocab_to 1 in training)")
+
+
 def plain_head(on: bool) -> None:
     """on: the output layer is a plain `F.linear` even when its row count is not a multiple of 8 (spine before
     `spine.model.head_logits`), to measure the padded head in the same run. off: spine's default."""
@@ -261,9 +268,8 @@ def main() -> None:
         if set(flags) - allowed:
             raise SystemExit(f"variant {variant}: unknown fast path(s) {sorted(set(flags) - allowed)}; "
                              f"{base_name} takes {sorted(allowed) or 'none'}")
-        if "plainhead" in flags and cfg.padded_vocab_size % 8 == 0:
-            raise SystemExit(f"variant {variant}: the head's {cfg.padded_vocab_size} rows are aligned already, so "
-                             "plainhead would measure plain again; use --pad_vocab_to 1 with a GPT-2 vocabulary")
+        if "plainhead" in flags:
+            refuse_aligned_plainhead(cfg, f"variant {variant}")
         plain_head(False)  # each variant starts from spine's own head; plain+plainhead switches it for itself
         gc.collect()
         torch.cuda.empty_cache()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -88,6 +89,7 @@ def configs(config_dir: Optional[str] = None, verbose: bool = False) -> int:
             terminal's width.
     """
     recipes = list_recipes(config_dir)
+    cols = max(40, shutil.get_terminal_size((120, 24)).columns)
     if verbose:
         for name, info in recipes:
             print(name)
@@ -95,14 +97,12 @@ def configs(config_dir: Optional[str] = None, verbose: bool = False) -> int:
                 print(f"  {key + ':':<8} {info.get(key, '-')}")
     else:
         # two lines per recipe, as wide as the terminal: long fields are cut (--verbose true prints them whole)
-        cols = max(40, shutil.get_terminal_size((120, 24)).columns)
         width = max((len(name) for name, _ in recipes), default=10)
         half = (cols - 16) // 2
         for name, info in recipes:
             print(f"{name:<{width}}  {_cut(info.get('summary', '-'), cols - width - 2)}")
             print(f"    cpu: {_cut(info.get('cpu', '-'), half):<{half}}  gpu: {_cut(info.get('gpu', '-'), half)}")
-    print(_cut("\nrun one: spine fit --config RECIPE   (all fields: --verbose true)", 1 + max(
-        40, shutil.get_terminal_size((120, 24)).columns)))
+    print(_cut("\nrun one: spine fit --config RECIPE   (all fields: --verbose true)", 1 + cols))
     return 0
 
 
@@ -117,8 +117,6 @@ def _cut(text: str, n: int) -> str:
 
 
 def _can_print(text: str) -> bool:
-    import sys
-
     try:
         text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
         return True
